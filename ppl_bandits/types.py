@@ -1,0 +1,47 @@
+"""The two protocols every part of the fast path speaks: agents and environments.
+
+An agent is three pure functions with the PRNG key first (BlackJAX/Optax style):
+
+- ``init(key, prior) -> state``: ``prior`` is the problem's prior specification (for the
+  mixed-effect family a :class:`ppl_bandits.spec.MixedEffectPrior`); each agent derives
+  from it what it needs (LinTS its marginal prior, HierTS its one-effect prior, ...).
+- ``act(key, state, contexts) -> action``: ``contexts`` has shape ``(K, d)``, row ``i``
+  being the context of action ``i`` this round (a shared context is broadcast).
+- ``update(key, state, contexts, action, reward) -> state``.
+
+An environment draws a problem and then serves rounds:
+
+- ``draw(key) -> (prior, params)``: the prior the agents are told and the true
+  parameters, drawn from the generative model.
+- ``contexts(key, params) -> (K, d)``.
+- ``mean_rewards(params, contexts) -> (K,)``: expected rewards, used for expected regret.
+- ``reward(key, params, contexts, action) -> ()``: a realized reward.
+
+States and parameters are NamedTuples of arrays, so ``jax.jit`` and ``jax.vmap`` accept them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+__all__ = ["Agent", "Environment"]
+
+
+class Agent(NamedTuple):
+    """A bandit agent as pure functions (see module docstring)."""
+
+    name: str
+    init: Callable[..., Any]
+    act: Callable[..., Any]
+    update: Callable[..., Any]
+
+
+class Environment(NamedTuple):
+    """A bandit environment as pure functions (see module docstring)."""
+
+    name: str
+    draw: Callable[..., Any]
+    contexts: Callable[..., Any]
+    mean_rewards: Callable[..., Any]
+    reward: Callable[..., Any]
