@@ -14,7 +14,6 @@ as deterministic sites; both parameterizations define the same joint distributio
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -94,6 +93,7 @@ def mixed_effect_model(
 
     Examples
     --------
+    >>> import jax
     >>> from ppl_bandits.spec import fig2_prior
     >>> prior = fig2_prior(jax.random.key(0), num_actions=4)
     >>> tr = handlers.trace(handlers.seed(mixed_effect_model, 1)).get_trace(prior)
@@ -142,4 +142,3 @@ def sample_mixed_effect_parameters(key, prior: MixedEffectPrior):
     """
     tr = handlers.trace(handlers.seed(mixed_effect_model, key)).get_trace(prior)
     return tr["psi"]["value"], tr["theta"]["value"]
-

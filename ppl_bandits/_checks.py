@@ -42,7 +42,9 @@ def check_finite(name: str, value) -> None:
     arr = np.asarray(value)
     if not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"{name} has {bad} non-finite entries (NaN or inf); expected finite values")
+        raise ValueError(
+            f"{name} has {bad} non-finite entries (NaN or inf); expected finite values"
+        )
 
 
 def as_positive_definite(name: str, value) -> None:

@@ -100,9 +100,8 @@ class ActionTerms(NamedTuple):
 def chol_inverse(A: jax.Array) -> jax.Array:
     """Inverse of symmetric positive-definite matrices (batched) through their Cholesky factor.
 
-    >>> chol_inverse(jnp.array([[4.0, 0.0], [0.0, 2.0]]))
-    Array([[0.25, 0.  ],
-           [0.  , 0.5 ]], dtype=float32)
+    >>> chol_inverse(jnp.array([[4.0, 0.0], [0.0, 2.0]])).round(5).tolist()
+    [[0.25, 0.0], [0.0, 0.5]]
     """
     chol = jnp.linalg.cholesky(A)
     eye = jnp.broadcast_to(jnp.eye(A.shape[-1], dtype=A.dtype), A.shape)
@@ -199,7 +198,10 @@ def effect_posterior(prior: MixedEffectPrior, stats: SufficientStats) -> Gaussia
 def conditional_action_posterior(
     prior: MixedEffectPrior, stats: SufficientStats, psi: jax.Array
 ) -> Gaussian:
-    """θ_i | Ψ, data ~ N(Σ̃_i (S_i M_i Ψ + B_i), Σ̃_i) for every action: means (K, d), covs (K, d, d)."""
+    """θ_i | Ψ, data ~ N(Σ̃_i (S_i M_i Ψ + B_i), Σ̃_i) for every action.
+
+    Returns means (K, d) and covariances (K, d, d).
+    """
     S, _ = _prior_precisions(prior)
     terms = action_terms(S, stats.G, stats.B)
     loc = jnp.einsum("kde,e->kd", mixing_matrices(prior), psi)
@@ -319,7 +321,7 @@ def factored_effect_posterior(
     """
     if variant not in FACTORED_VARIANTS:
         raise ValueError(f"variant is {variant!r}; expected one of {FACTORED_VARIANTS}")
-    K, L, d, _ = prior.mixing.shape
+    _, L, d, _ = prior.mixing.shape
     prec, nat, *_ = _effect_natural(prior, stats)
     return _factored_from_natural(prec, nat, L, d, variant)
 

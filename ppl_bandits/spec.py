@@ -188,9 +188,10 @@ def fig2_prior(key, num_actions: int = 100, num_effects: int = 3, dim: int = 2) 
 def hierarchical_prior(
     num_actions: int, dim: int, *, psi_var: float = 3.0, sigma0=None, noise_sd=1.0, dtype=None
 ) -> MixedEffectPrior:
-    """The one-effect hierarchy of HierTS (Hong et al. 2022): ψ ~ N(0, psi_var I), θ_i | ψ ~ N(ψ, Σ_0).
+    """The one-effect hierarchy of HierTS (Hong et al. 2022).
 
-    It is the mixed-effect prior with L = 1 and every weight b_i = 1.
+    ψ ~ N(0, psi_var I) and θ_i | ψ ~ N(ψ, Σ_0): the mixed-effect prior with L = 1 and
+    every weight b_i = 1.
     """
     dtype = dtype or jnp.result_type(float)
     sigma0 = jnp.eye(dim, dtype=dtype) if sigma0 is None else sigma0

@@ -28,13 +28,19 @@ def random_prior(rng, K, L, d, *, matrix_mixing=False, noise_sd=0.7):
     if matrix_mixing:
         C = rng.normal(size=(K, L, d, d))
         return mixed_effect_prior(
-            jnp.asarray(mu, dtype), sigma_psi.astype(dtype), mixing=C.astype(dtype),
-            sigma0=sigma0.astype(dtype), noise_sd=noise_sd,
+            jnp.asarray(mu, dtype),
+            sigma_psi.astype(dtype),
+            mixing=C.astype(dtype),
+            sigma0=sigma0.astype(dtype),
+            noise_sd=noise_sd,
         )
     b = rng.uniform(-1, 1, size=(K, L))
     return mixed_effect_prior(
-        jnp.asarray(mu, dtype), sigma_psi.astype(dtype), weights=b.astype(dtype),
-        sigma0=sigma0.astype(dtype), noise_sd=noise_sd,
+        jnp.asarray(mu, dtype),
+        sigma_psi.astype(dtype),
+        weights=b.astype(dtype),
+        sigma0=sigma0.astype(dtype),
+        noise_sd=noise_sd,
     )
 
 

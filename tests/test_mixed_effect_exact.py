@@ -45,8 +45,9 @@ def assert_close(actual, expected, what):
 @pytest.mark.parametrize(("K", "L", "d", "n", "matrix", "unplayed", "rank_one"), CASES)
 def test_hierarchical_equals_brute_force_joint(rng, K, L, d, n, matrix, unplayed, rank_one):
     prior = random_prior(rng, K, L, d, matrix_mixing=matrix)
-    stats = stats_from_history(prior, *random_history(rng, prior, n, unplayed=unplayed,
-                                                      rank_one=rank_one))
+    stats = stats_from_history(
+        prior, *random_history(rng, prior, n, unplayed=unplayed, rank_one=rank_one)
+    )
     if rank_one:  # the rank-one action's G really is singular
         G = np.asarray(stats.G[rank_one[0]], np.float64)
         assert np.linalg.matrix_rank(G, tol=1e-4 * np.linalg.norm(G)) <= 1
@@ -125,15 +126,16 @@ def test_log_density_difference_is_constant(rng, matrix, parameterization):
 
             loc = jnp.einsum("kde,e->kd", mixing_matrices(prior), psi)
             params = {
-                "psi_raw": jax.scipy.linalg.solve_triangular(Lpsi, psi - prior.mu_psi,
-                                                             lower=True),
+                "psi_raw": jax.scipy.linalg.solve_triangular(Lpsi, psi - prior.mu_psi, lower=True),
                 "theta_raw": jax.vmap(
                     lambda L_, r: jax.scipy.linalg.solve_triangular(L_, r, lower=True)
                 )(L0, theta - loc),
             }
         joint, _ = log_density(
-            mixed_effect_model, (prior, contexts, actions, rewards),
-            {"parameterization": parameterization}, params,
+            mixed_effect_model,
+            (prior, contexts, actions, rewards),
+            {"parameterization": parameterization},
+            params,
         )
         diffs.append(float(log_posterior_density(prior, stats, psi, theta) - joint))
     spread = np.ptp(diffs)
@@ -154,8 +156,12 @@ def test_log_density_check_rejects_a_wrong_posterior(rng):
     for _ in range(10):
         w = post.mean + jnp.asarray(rng.normal(size=post.mean.shape[0]), post.mean.dtype)
         psi, theta = w[:4], w[4:].reshape(4, 2)
-        joint, _ = log_density(mixed_effect_model, (prior, contexts, actions, rewards), {},
-                               {"psi": psi, "theta": theta})
+        joint, _ = log_density(
+            mixed_effect_model,
+            (prior, contexts, actions, rewards),
+            {},
+            {"psi": psi, "theta": theta},
+        )
         diffs.append(float(log_posterior_density(wrong_prior, stats, psi, theta) - joint))
     assert np.ptp(diffs) > 0.1
 
@@ -178,17 +184,25 @@ def test_mean_field_factored_mean_is_exact_and_published_is_biased(rng):
     assert_close(mf.mean.reshape(-1), exact.mean, "mean-field factored mean")
     prec = np.linalg.inv(np.asarray(exact.cov, np.float64)).reshape(L, d, L, d)
     mu = np.asarray(exact.mean, np.float64).reshape(L, d)
-    dropped = np.stack([
-        np.linalg.solve(prec[l, :, l, :],
-                        sum(prec[l, :, m, :] @ mu[m] for m in range(L) if m != l))
-        for l in range(L)
-    ])
-    assert_close(np.asarray(pub.mean) - np.asarray(mf.mean), dropped,
-                 "published minus exact equals the dropped coupling term")
+    dropped = np.stack(
+        [
+            np.linalg.solve(
+                prec[l, :, l, :], sum(prec[l, :, m, :] @ mu[m] for m in range(L) if m != l)
+            )
+            for l in range(L)
+        ]
+    )
+    assert_close(
+        np.asarray(pub.mean) - np.asarray(mf.mean),
+        dropped,
+        "published minus exact equals the dropped coupling term",
+    )
     sd = np.sqrt(np.diag(np.asarray(exact.cov))).reshape(L, d)
     bias = np.abs(dropped) / sd
-    print(f"published factored mean, Fig. 2 prior, K={K}, n=500: "
-          f"bias up to {bias.max():.2f} posterior sd (median {np.median(bias):.2f})")
+    print(
+        f"published factored mean, Fig. 2 prior, K={K}, n=500: "
+        f"bias up to {bias.max():.2f} posterior sd (median {np.median(bias):.2f})"
+    )
     # The coupling term is far above round-off: the published variant is not exact.
     assert np.max(np.abs(dropped)) > 1e3 * EXACT_RTOL * _scale(mu)
     # Both variants use the same factor covariances, the inverse diagonal precision blocks.

@@ -1,0 +1,147 @@
+"""Simulation runner: ``jax.lax.scan`` over rounds, ``jax.vmap`` over independent runs.
+
+All agents run on the same problems and the same context and reward noise streams for a
+given seed (common random numbers): run ``r`` uses ``fold_in(key, r)`` to draw its problem,
+and round ``t`` splits ``fold_in(run_key, t)`` into keys for the context, the agent's act,
+the reward and the agent's update. Only the act and update keys depend on the agent.
+
+Rounds are scanned in chunks so that a progress bar can advance between chunks; each chunk
+is one compiled ``scan`` (compiled once, reused), so chunking costs a Python call per chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ppl_bandits.types import Agent, Environment
+
+__all__ = ["SimulationResult", "simulate"]
+
+
+class SimulationResult(NamedTuple):
+    """What a simulation returns; leading axis is the run."""
+
+    regret: jax.Array
+    """(R, n) expected regret per round, max_i r_i − r_{A_t}."""
+    actions: jax.Array
+    """(R, n) played actions."""
+    contexts: jax.Array
+    """(R, n, d) contexts of the played actions."""
+    rewards: jax.Array
+    """(R, n) observed rewards."""
+    state: Any
+    """Final agent states (a pytree with leading axis R)."""
+    prior: Any
+    """The prior each run's agent was told (leading axis R)."""
+    params: Any
+    """True parameters of each run (leading axis R)."""
+
+
+def _round_keys(run_key, t):
+    k = jax.random.fold_in(run_key, t)
+    k_ctx, k_act, k_rew, k_upd = jax.random.split(k, 4)
+    return k_ctx, k_act, k_rew, k_upd
+
+
+def _make_chunk(env: Environment, agent: Agent, length: int):
+    def step(carry, t):
+        state, run_key, params = carry
+        k_ctx, k_act, k_rew, k_upd = _round_keys(run_key, t)
+        # Agent-specific keys: mix in the agent's name so two agents never share noise.
+        k_act = jax.random.fold_in(k_act, _name_salt(agent.name))
+        k_upd = jax.random.fold_in(k_upd, _name_salt(agent.name))
+        ctx = env.contexts(k_ctx, params)
+        a = agent.act(k_act, state, ctx)
+        means = env.mean_rewards(params, ctx)
+        y = env.reward(k_rew, params, ctx, a)
+        state = agent.update(k_upd, state, ctx, a, y)
+        out = (jnp.max(means) - means[a], a, ctx[a], y)
+        return (state, run_key, params), out
+
+    def chunk(carry, t0):
+        return jax.lax.scan(step, carry, t0 + jnp.arange(length))
+
+    return jax.jit(jax.vmap(chunk, in_axes=(0, None)))
+
+
+def _name_salt(name: str) -> int:
+    return int.from_bytes(name.encode()[:4].ljust(4, b"\0"), "little") & 0x7FFFFFFF
+
+
+def simulate(
+    key,
+    env: Environment,
+    agent: Agent,
+    *,
+    num_rounds: int,
+    num_runs: int = 1,
+    chunk_size: int | None = None,
+    progress: bool = False,
+) -> SimulationResult:
+    """Run ``agent`` on ``num_runs`` independent problems drawn by ``env`` for ``num_rounds``.
+
+    Parameters
+    ----------
+    key : PRNG key
+    env : Environment
+    agent : Agent
+    num_rounds : int (>= 1)
+    num_runs : int (>= 1)
+    chunk_size : int, optional
+        Rounds per compiled scan; by default about a tenth of the horizon.
+    progress : bool
+        Show a progress bar over chunks.
+
+    Examples
+    --------
+    >>> from ppl_bandits.agents import lin_ts
+    >>> from ppl_bandits.environments import mixed_effect_environment
+    >>> res = simulate(jax.random.key(0), mixed_effect_environment(5, 2, 2), lin_ts(),
+    ...                num_rounds=20, num_runs=3)
+    >>> res.regret.shape, res.contexts.shape
+    ((3, 20), (3, 20, 2))
+    """
+    for name, value in (("num_rounds", num_rounds), ("num_runs", num_runs)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} is {value!r}; expected an integer >= 1")
+    if chunk_size is None:
+        chunk_size = max(1, math.ceil(num_rounds / 10))
+    run_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(num_runs))
+
+    def setup(run_key):
+        k_draw, k_init, k_loop = jax.random.split(run_key, 3)
+        prior, params = env.draw(k_draw)
+        state = agent.init(jax.random.fold_in(k_init, _name_salt(agent.name)), prior)
+        return state, k_loop, params, prior
+
+    state, loop_keys, params, prior = jax.jit(jax.vmap(setup))(run_keys)
+    carry = (state, loop_keys, params)
+    outputs = []
+    full, rest = divmod(num_rounds, chunk_size)
+    plan = [(chunk_size, i * chunk_size) for i in range(full)]
+    if rest:
+        plan.append((rest, full * chunk_size))
+    compiled = {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_rounds, desc=agent.name, unit="round", leave=False)
+    for length, t0 in plan:
+        if length not in compiled:
+            compiled[length] = _make_chunk(env, agent, length)
+        carry, out = compiled[length](carry, t0)
+        outputs.append(out)
+        if bar is not None:
+            jax.block_until_ready(carry)
+            bar.update(length)
+    if bar is not None:
+        bar.close()
+    regret, actions, ctx, rewards = (
+        jnp.concatenate([o[i] for o in outputs], axis=1) for i in range(4)
+    )
+    return SimulationResult(regret, actions, ctx, rewards, carry[0], prior, params)
