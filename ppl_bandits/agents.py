@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import cho_solve, solve_triangular
+from jax.scipy.linalg import solve_triangular
 
 from ppl_bandits.laplace import NEWTON_MAX_ITER, NEWTON_TOL, laplace_terms
 from ppl_bandits.mixed_effect import (
@@ -98,6 +98,19 @@ def _refit(h: History, a, prior_mean, prior_prec, init, tol, max_iter):
     return laplace_terms(h.X, h.y, w, prior_mean, prior_prec, init, tol=tol, max_iter=max_iter)
 
 
+def _inverse_and_sqrt(A):
+    """For SPD ``A`` = L Lᵀ: A⁻¹ = L⁻ᵀ L⁻¹, its square root R = L⁻ᵀ (R Rᵀ = A⁻¹) and log det A.
+
+    One Cholesky factorization and one triangular solve; R is all a sampler needs.
+    """
+    L = jnp.linalg.cholesky(A)
+    eye = jnp.broadcast_to(jnp.eye(A.shape[-1], dtype=A.dtype), A.shape)
+    Linv = solve_triangular(L, eye, lower=True)
+    R = jnp.swapaxes(Linv, -1, -2)
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
+    return R @ Linv, R, logdet
+
+
 def _check_likelihood(likelihood: str, horizon):
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood is {likelihood!r}; expected one of {LIKELIHOODS}")
@@ -139,8 +152,8 @@ class MeTSState(NamedTuple):
     """(Ld, Ld) effect posterior precision Σ_Ψ⁻¹ + Σ_i M_iᵀ P_i M_i."""
     eff_nat: jax.Array
     """(Ld,) effect posterior natural mean Σ_Ψ⁻¹μ_Ψ + Σ_i M_iᵀ q_i."""
-    cond_chol: jax.Array
-    """(K, d, d) Cholesky factor of Σ̃_i = (S_i + G_i)⁻¹."""
+    cond_sqrt: jax.Array
+    """(K, d, d) square root R_i of Σ̃_i = (S_i + G_i)⁻¹ (R_i R_iᵀ = Σ̃_i)."""
     gain: jax.Array
     """(K, d, Ld) Σ̃_i S_i M_i: the conditional mean of θ_i is gain_i Ψ + shift_i."""
     shift: jax.Array
@@ -164,22 +177,29 @@ class MeTSState(NamedTuple):
 
 
 def _refresh_action(state: MeTSState, a, G_a, B_a) -> MeTSState:
-    terms = action_terms(state.S[a], G_a, B_a)
+    # The identities of ppl_bandits.mixed_effect.action_terms, with the square root of
+    # Σ̃_a taken from the same factorization.
+    S_a = state.S[a]
+    cond_cov, cond_sqrt, _ = _inverse_and_sqrt(S_a + G_a)
+    SC = S_a @ cond_cov
+    P_a = SC @ G_a
+    P_a = 0.5 * (P_a + P_a.T)
+    q_a = SC @ B_a
     Ma = state.M[a]
-    dP = terms.P - state.P[a]
-    dq = terms.q - state.q[a]
+    dP = P_a - state.P[a]
+    dq = q_a - state.q[a]
     eff_prec = state.eff_prec + Ma.T @ dP @ Ma
     eff_prec = 0.5 * (eff_prec + eff_prec.T)
     return state._replace(
         G=state.G.at[a].set(G_a),
         B=state.B.at[a].set(B_a),
-        P=state.P.at[a].set(terms.P),
-        q=state.q.at[a].set(terms.q),
+        P=state.P.at[a].set(P_a),
+        q=state.q.at[a].set(q_a),
         eff_prec=eff_prec,
         eff_nat=state.eff_nat + Ma.T @ dq,
-        cond_chol=state.cond_chol.at[a].set(jnp.linalg.cholesky(terms.cond_cov)),
-        gain=state.gain.at[a].set(terms.cond_cov @ state.S[a] @ Ma),
-        shift=state.shift.at[a].set(terms.cond_cov @ B_a),
+        cond_sqrt=state.cond_sqrt.at[a].set(cond_sqrt),
+        gain=state.gain.at[a].set(SC.T @ Ma),
+        shift=state.shift.at[a].set(cond_cov @ B_a),
     )
 
 
@@ -201,7 +221,7 @@ def _mets_init(prior: MixedEffectPrior, likelihood: str, horizon):
         q=terms.q,
         eff_prec=sigma_psi_inv,
         eff_nat=sigma_psi_inv @ prior.mu_psi,
-        cond_chol=jnp.linalg.cholesky(terms.cond_cov),
+        cond_sqrt=_inverse_and_sqrt(S + G)[1],
         gain=jnp.einsum("kij,kjl,kle->kie", terms.cond_cov, S, M),
         shift=jnp.zeros((K, d), dtype),
         S=S,
@@ -217,10 +237,11 @@ def _mets_init(prior: MixedEffectPrior, likelihood: str, horizon):
 
 def _sample_effects(key, state: MeTSState, factored, L: int, d: int):
     if factored is None:
+        # Λ̄ = L Lᵀ: Ψ = L⁻ᵀ(L⁻¹η + z) has mean Λ̄⁻¹η and covariance Λ̄⁻¹.
         chol = jnp.linalg.cholesky(state.eff_prec)
-        mean = cho_solve((chol, True), state.eff_nat)
-        z = jax.random.normal(key, mean.shape, mean.dtype)
-        return mean + solve_triangular(chol.T, z, lower=False)
+        z = jax.random.normal(key, state.eff_nat.shape, state.eff_nat.dtype)
+        w = solve_triangular(chol, state.eff_nat, lower=True)
+        return solve_triangular(chol.T, w + z, lower=False)
     fac = _factored_from_natural(state.eff_prec, state.eff_nat, L, d, factored)
     z = jax.random.normal(key, fac.mean.shape, fac.mean.dtype)
     return (fac.mean + jnp.einsum("lij,lj->li", jnp.linalg.cholesky(fac.cov), z)).reshape(-1)
@@ -231,7 +252,7 @@ def _sample_actions(key, state: MeTSState, psi):
     return (
         jnp.einsum("kde,e->kd", state.gain, psi)
         + state.shift
-        + jnp.einsum("kij,kj->ki", state.cond_chol, z)
+        + jnp.einsum("kij,kj->ki", state.cond_sqrt, z)
     )
 
 
@@ -368,12 +389,14 @@ class IndependentState(NamedTuple):
     """(K,) rounds per action."""
     mean: jax.Array
     """(K, d) posterior mean (the MAP for logistic rewards)."""
-    chol: jax.Array
-    """(K, d, d) Cholesky factor of the posterior covariance (prior_prec + G)⁻¹."""
+    sqrt: jax.Array
+    """(K, d, d) square root R_i of the posterior covariance (prior_prec + G)⁻¹."""
+    prior_logdet: jax.Array
+    """(K,) log det(prior_prec)."""
     logdet_ratio: jax.Array
     """(K,) log det(prior_prec + G) - log det(prior_prec) (OFUL radius)."""
-    gram: jax.Array
-    """(K, d, d) prior_prec + Σ x xᵀ, unweighted (UCB-GLM's V); zeros elsewhere."""
+    gram_inv: jax.Array
+    """(K, d, d) V_i⁻¹ with V_i = prior_prec + Σ x xᵀ unweighted (UCB-GLM), Sherman–Morrison."""
     noise_sd: jax.Array
     """() reward noise σ."""
     history: History | None
@@ -386,7 +409,7 @@ def _indep_init(prior: MixedEffectPrior, likelihood: str, horizon) -> Independen
     K, _, d, _ = prior.mixing.shape
     dtype = prior.mu_psi.dtype
     mean, cov = marginal_prior(prior)
-    prec = chol_inverse(cov)
+    prec, _, neg_logdet = _inverse_and_sqrt(cov)
     return IndependentState(
         prior_mean=mean,
         prior_prec=prec,
@@ -394,9 +417,10 @@ def _indep_init(prior: MixedEffectPrior, likelihood: str, horizon) -> Independen
         B=jnp.zeros((K, d), dtype),
         count=jnp.zeros((K,), jnp.int32),
         mean=mean,
-        chol=jnp.linalg.cholesky(cov),
+        sqrt=jnp.linalg.cholesky(cov),
+        prior_logdet=-neg_logdet,
         logdet_ratio=jnp.zeros((K,), dtype),
-        gram=prec,
+        gram_inv=cov,
         noise_sd=prior.noise_sd,
         history=_history_init(horizon, d, dtype) if likelihood == "logistic" else None,
         newton_failures=jnp.zeros((), jnp.int32),
@@ -405,19 +429,14 @@ def _indep_init(prior: MixedEffectPrior, likelihood: str, horizon) -> Independen
 
 def _indep_refresh(state: IndependentState, a, G_a, B_a) -> IndependentState:
     P0 = state.prior_prec[a]
-    prec = P0 + G_a
-    chol_prec = jnp.linalg.cholesky(prec)
-    cov = cho_solve((chol_prec, True), jnp.eye(prec.shape[0], dtype=prec.dtype))
-    cov = 0.5 * (cov + cov.T)
+    cov, sqrt, logdet = _inverse_and_sqrt(P0 + G_a)
     mean = cov @ (P0 @ state.prior_mean[a] + B_a)
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diag(chol_prec)))
-    logdet0 = 2.0 * jnp.sum(jnp.log(jnp.diag(jnp.linalg.cholesky(P0))))
     return state._replace(
         G=state.G.at[a].set(G_a),
         B=state.B.at[a].set(B_a),
         mean=state.mean.at[a].set(mean),
-        chol=state.chol.at[a].set(jnp.linalg.cholesky(cov)),
-        logdet_ratio=state.logdet_ratio.at[a].set(logdet - logdet0),
+        sqrt=state.sqrt.at[a].set(sqrt),
+        logdet_ratio=state.logdet_ratio.at[a].set(logdet - state.prior_logdet[a]),
     )
 
 
@@ -425,9 +444,10 @@ def _indep_update(likelihood: str, newton_tol, newton_max_iter):
     def update(key, state: IndependentState, contexts, action, reward):
         del key
         x = contexts[action]
+        Vx = state.gram_inv[action] @ x
         state = state._replace(
             count=state.count.at[action].add(1),
-            gram=state.gram.at[action].add(jnp.outer(x, x)),
+            gram_inv=state.gram_inv.at[action].add(-jnp.outer(Vx, Vx) / (1.0 + x @ Vx)),
         )
         if likelihood == "gaussian":
             prec = 1.0 / state.noise_sd**2
@@ -465,13 +485,13 @@ def _indep_agent(name, likelihood, horizon, act, newton_tol, newton_max_iter) ->
 
 def _ts_act(key, state: IndependentState, contexts):
     z = jax.random.normal(key, state.mean.shape, state.mean.dtype)
-    theta = state.mean + jnp.einsum("kij,kj->ki", state.chol, z)
+    theta = state.mean + jnp.einsum("kij,kj->ki", state.sqrt, z)
     return jnp.argmax(jnp.sum(contexts * theta, axis=-1))
 
 
 def _width(state: IndependentState, contexts):
     """sqrt(xᵢᵀ Cᵢ xᵢ) with Cᵢ the posterior covariance, for every action."""
-    v = jnp.einsum("kji,kj->ki", state.chol, contexts)  # Lᵀx
+    v = jnp.einsum("kji,kj->ki", state.sqrt, contexts)  # Rᵀx, |Rᵀx|² = xᵀCx
     return jnp.sqrt(jnp.sum(v**2, axis=-1))
 
 
@@ -555,9 +575,7 @@ def ucb_glm(
             / kappa
             * math.sqrt(d / 2 * math.log(1 + 2 * horizon / d) + math.log(1 / delta))
         )
-        chol = jnp.linalg.cholesky(state.gram)
-        v = solve_triangular(chol, contexts[..., None], lower=True)[..., 0]
-        width = jnp.sqrt(jnp.sum(v**2, -1))
+        width = jnp.sqrt(jnp.einsum("ki,kij,kj->k", contexts, state.gram_inv, contexts))
         return jnp.argmax(jnp.sum(contexts * state.mean, -1) + alpha * width)
 
     return _indep_agent(name, "logistic", horizon, act, newton_tol, newton_max_iter)

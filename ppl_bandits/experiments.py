@@ -23,7 +23,7 @@ import numpy as np
 
 from ppl_bandits.agents import make_agent, resolve_agent_name
 from ppl_bandits.environments import mixed_effect_environment
-from ppl_bandits.runner import SimulationResult, simulate
+from ppl_bandits.runner import SimulationResult, draw_problems, simulate
 from ppl_bandits.types import Agent, Environment
 
 __all__ = ["EXPERIMENTS", "ExperimentResult", "build_experiment", "run_experiment"]
@@ -110,6 +110,10 @@ def run_experiment(name: str, *, seed: int = 0, progress: bool = True, **kw) -> 
     env, agents, settings = build_experiment(name, **kw)
     key = jax.random.key(seed)
     results, walls = {}, {}
+    t0 = time.perf_counter()
+    problems = draw_problems(key, env, settings["num_runs"])
+    jax.block_until_ready(problems)
+    settings["draw_seconds"] = time.perf_counter() - t0
     for agent in agents:
         t0 = time.perf_counter()
         res = simulate(
@@ -119,6 +123,7 @@ def run_experiment(name: str, *, seed: int = 0, progress: bool = True, **kw) -> 
             num_rounds=settings["num_rounds"],
             num_runs=settings["num_runs"],
             progress=progress,
+            problems=problems,
         )
         jax.block_until_ready(res.regret)
         walls[agent.name] = time.perf_counter() - t0

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from ppl_bandits.types import Agent, Environment
 
-__all__ = ["SimulationResult", "simulate"]
+__all__ = ["Problems", "SimulationResult", "draw_problems", "simulate"]
 
 
 class SimulationResult(NamedTuple):
@@ -39,6 +39,34 @@ class SimulationResult(NamedTuple):
     """The prior each run's agent was told (leading axis R)."""
     params: Any
     """True parameters of each run (leading axis R)."""
+
+
+class Problems(NamedTuple):
+    """Problems drawn for a set of runs, shared by every agent of an experiment."""
+
+    prior: Any
+    """The prior each run's agents are told (leading axis R)."""
+    params: Any
+    """True parameters of each run (leading axis R)."""
+    run_keys: jax.Array
+    """(R,) per-run keys; rounds and agent initialisation derive their keys from them."""
+
+
+def draw_problems(key, env: Environment, num_runs: int) -> Problems:
+    """Draw ``num_runs`` problems; run ``r`` uses ``fold_in(key, r)``.
+
+    Drawing once and passing the result to :func:`simulate` for every agent compiles the
+    environment's draw once per experiment instead of once per agent.
+    """
+    if int(num_runs) != num_runs or num_runs < 1:
+        raise ValueError(f"num_runs is {num_runs!r}; expected an integer >= 1")
+    run_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(num_runs))
+
+    def one(run_key):
+        return env.draw(jax.random.fold_in(run_key, 0))
+
+    prior, params = jax.jit(jax.vmap(one))(run_keys)
+    return Problems(prior, params, run_keys)
 
 
 def _round_keys(run_key, t):
@@ -81,6 +109,7 @@ def simulate(
     num_runs: int = 1,
     chunk_size: int | None = None,
     progress: bool = False,
+    problems: Problems | None = None,
 ) -> SimulationResult:
     """Run ``agent`` on ``num_runs`` independent problems drawn by ``env`` for ``num_rounds``.
 
@@ -95,6 +124,9 @@ def simulate(
         Rounds per compiled scan; by default about a tenth of the horizon.
     progress : bool
         Show a progress bar over chunks.
+    problems : Problems, optional
+        Problems from :func:`draw_problems` with the same ``key`` and ``num_runs``;
+        drawn here when not given.
 
     Examples
     --------
@@ -110,15 +142,19 @@ def simulate(
             raise ValueError(f"{name} is {value!r}; expected an integer >= 1")
     if chunk_size is None:
         chunk_size = max(1, math.ceil(num_rounds / 10))
-    run_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(num_runs))
+    if problems is None:
+        problems = draw_problems(key, env, num_runs)
+    elif problems.run_keys.shape[0] != num_runs:
+        raise ValueError(
+            f"problems holds {problems.run_keys.shape[0]} runs; expected num_runs={num_runs}"
+        )
+    prior, params = problems.prior, problems.params
 
-    def setup(run_key):
-        k_draw, k_init, k_loop = jax.random.split(run_key, 3)
-        prior, params = env.draw(k_draw)
-        state = agent.init(jax.random.fold_in(k_init, _name_salt(agent.name)), prior)
-        return state, k_loop, params, prior
+    def setup(run_key, prior):
+        k_init = jax.random.fold_in(jax.random.fold_in(run_key, 1), _name_salt(agent.name))
+        return agent.init(k_init, prior), jax.random.fold_in(run_key, 2)
 
-    state, loop_keys, params, prior = jax.jit(jax.vmap(setup))(run_keys)
+    state, loop_keys = jax.jit(jax.vmap(setup))(problems.run_keys, prior)
     carry = (state, loop_keys, params)
     outputs = []
     full, rest = divmod(num_rounds, chunk_size)

@@ -1,0 +1,125 @@
+"""Runner, environments and the command line."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from models.mixed_effect import sample_mixed_effect_parameters
+from ppl_bandits.agents import make_agent
+from ppl_bandits.cli import main
+from ppl_bandits.environments import mixed_effect_environment
+from ppl_bandits.runner import draw_problems, simulate
+from ppl_bandits.spec import fig2_prior
+
+
+def test_chunking_does_not_change_results():
+    env = mixed_effect_environment(8, 2, 2)
+    agent = make_agent("meTS-Lin")
+    a = simulate(jax.random.key(1), env, agent, num_rounds=30, num_runs=3, chunk_size=30)
+    b = simulate(jax.random.key(1), env, agent, num_rounds=30, num_runs=3, chunk_size=7)
+    np.testing.assert_array_equal(a.actions, b.actions)
+    np.testing.assert_allclose(a.regret, b.regret, rtol=1e-6)
+
+
+def test_agents_share_problems_and_contexts():
+    env = mixed_effect_environment(8, 2, 2)
+    key = jax.random.key(4)
+    a = simulate(key, env, make_agent("LinTS"), num_rounds=20, num_runs=2)
+    b = simulate(key, env, make_agent("meTS-Lin"), num_rounds=20, num_runs=2)
+    np.testing.assert_array_equal(a.params.theta, b.params.theta)
+    np.testing.assert_array_equal(a.prior.mixing, b.prior.mixing)
+    # Shared contexts: the played context is the round's context whichever action is played.
+    np.testing.assert_array_equal(a.contexts, b.contexts)
+    c = simulate(jax.random.key(5), env, make_agent("LinTS"), num_rounds=20, num_runs=2)
+    assert not np.allclose(a.params.theta, c.params.theta)
+
+
+def test_history_is_consistent_with_the_problem():
+    env = mixed_effect_environment(5, 2, 3)
+    res = simulate(jax.random.key(0), env, make_agent("LinTS"), num_rounds=50, num_runs=2)
+    theta = np.asarray(res.params.theta)
+    acts = np.asarray(res.actions)
+    means = np.einsum("rnd,rnd->rn", res.contexts, theta[np.arange(2)[:, None], acts])
+    resid = np.asarray(res.rewards) - means
+    assert abs(resid.mean()) < 4 / np.sqrt(resid.size)  # N(0, 1) noise
+    assert np.all(np.asarray(res.regret) >= -1e-6)
+
+
+def test_environment_parameters_follow_the_model_prior():
+    """θ from the environment has the model's marginal moments (MCSE-scaled)."""
+    prior = fig2_prior(jax.random.key(0), 3, 2, 2)
+    keys = jax.random.split(jax.random.key(1), 20000)
+    _, theta = jax.vmap(lambda k: sample_mixed_effect_parameters(k, prior))(keys)
+    theta = np.asarray(theta, np.float64)
+    b = np.asarray(prior.mixing[:, :, 0, 0], np.float64)
+    var = 1.0 + 3.0 * np.sum(b**2, axis=1)  # Σ_0 + M Σ_Ψ Mᵀ = (1 + 3|b_i|²) I
+    z = theta.mean(0) / np.sqrt(var[:, None] / len(keys))
+    assert np.max(np.abs(z)) < 4.0
+    # Variance check with its MCSE (Gaussian: var of s² is 2σ⁴/n).
+    s2 = theta.var(0)
+    z_var = (s2 - var[:, None]) / (var[:, None] * np.sqrt(2 / len(keys)))
+    assert np.max(np.abs(z_var)) < 4.0
+    # Cross-action covariance from the shared effects: Cov(θ_i, θ_j) = 3 b_iᵀb_j I.
+    cov01 = np.mean(theta[:, 0, 0] * theta[:, 1, 0])
+    expect = 3.0 * b[0] @ b[1]
+    assert abs(cov01 - expect) < 4.0 * np.sqrt(var[0] * var[1] / len(keys))
+
+
+def test_pool_contexts_come_from_the_pool():
+    env = mixed_effect_environment(6, 1, 2, context="pool", pool_size=4)
+    _, params = env.draw(jax.random.key(0))
+    ctx = np.asarray(env.contexts(jax.random.key(1), params))
+    pool = np.asarray(params.pool)
+    assert all(any(np.allclose(c, p) for p in pool) for c in ctx)
+
+
+def test_simulate_command_writes_its_files(tmp_path, capsys):
+    out = tmp_path / "sim"
+    rc = main(
+        [
+            "simulate",
+            "mets-linear",
+            "--runs",
+            "2",
+            "--rounds",
+            "12",
+            "--K",
+            "5",
+            "--agents",
+            "mets-lin,LINTS",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    lines = (out / "regret.csv").read_text().splitlines()
+    assert lines[0] == "agent,round,mean,se" and len(lines) == 1 + 2 * 12
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["experiment"] == "mets-linear"
+    assert set(summary["agents"]) == {"meTS-Lin", "LinTS"}
+    for row in summary["agents"].values():
+        assert {"final_regret_mean", "final_regret_se"} <= set(row)
+    for key in ("wall_seconds", "command", "seed", "versions"):
+        assert key in summary
+    assert summary["command"].startswith("ppl-bandits simulate mets-linear")
+    assert (out / "regret.png").stat().st_size > 1000
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_problems_must_match_the_number_of_runs():
+    env = mixed_effect_environment(4, 1, 2)
+    problems = draw_problems(jax.random.key(0), env, 3)
+    with pytest.raises(ValueError, match="problems holds 3 runs; expected num_runs=2"):
+        simulate(
+            jax.random.key(0), env, make_agent("LinTS"), num_rounds=5, num_runs=2, problems=problems
+        )
+
+
+def test_dtype_follows_x64():
+    env = mixed_effect_environment(4, 1, 2)
+    res = simulate(jax.random.key(0), env, make_agent("LinTS"), num_rounds=3)
+    assert res.regret.dtype == jnp.result_type(float)
