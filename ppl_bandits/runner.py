@@ -11,6 +11,7 @@ is one compiled ``scan`` (compiled once, reused), so chunking costs a Python cal
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -61,12 +62,16 @@ def draw_problems(key, env: Environment, num_runs: int) -> Problems:
     if int(num_runs) != num_runs or num_runs < 1:
         raise ValueError(f"num_runs is {num_runs!r}; expected an integer >= 1")
     run_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(num_runs))
+    prior, params = _make_draw(env)(run_keys)
+    return Problems(prior, params, run_keys)
 
+
+@functools.lru_cache(maxsize=64)
+def _make_draw(env: Environment):
     def one(run_key):
         return env.draw(jax.random.fold_in(run_key, 0))
 
-    prior, params = jax.jit(jax.vmap(one))(run_keys)
-    return Problems(prior, params, run_keys)
+    return jax.jit(jax.vmap(one))
 
 
 def _round_keys(run_key, t):
@@ -75,7 +80,10 @@ def _round_keys(run_key, t):
     return k_ctx, k_act, k_rew, k_upd
 
 
+@functools.lru_cache(maxsize=64)
 def _make_chunk(env: Environment, agent: Agent, length: int):
+    """Compiled chunk of ``length`` rounds, cached per (environment, agent, length)."""
+
     def step(carry, t):
         state, run_key, params = carry
         k_ctx, k_act, k_rew, k_upd = _round_keys(run_key, t)
@@ -94,6 +102,15 @@ def _make_chunk(env: Environment, agent: Agent, length: int):
         return jax.lax.scan(step, carry, t0 + jnp.arange(length))
 
     return jax.jit(jax.vmap(chunk, in_axes=(0, None)))
+
+
+@functools.lru_cache(maxsize=64)
+def _make_setup(agent: Agent):
+    def setup(run_key, prior):
+        k_init = jax.random.fold_in(jax.random.fold_in(run_key, 1), _name_salt(agent.name))
+        return agent.init(k_init, prior), jax.random.fold_in(run_key, 2)
+
+    return jax.jit(jax.vmap(setup))
 
 
 def _name_salt(name: str) -> int:
@@ -150,27 +167,20 @@ def simulate(
         )
     prior, params = problems.prior, problems.params
 
-    def setup(run_key, prior):
-        k_init = jax.random.fold_in(jax.random.fold_in(run_key, 1), _name_salt(agent.name))
-        return agent.init(k_init, prior), jax.random.fold_in(run_key, 2)
-
-    state, loop_keys = jax.jit(jax.vmap(setup))(problems.run_keys, prior)
+    state, loop_keys = _make_setup(agent)(problems.run_keys, prior)
     carry = (state, loop_keys, params)
     outputs = []
     full, rest = divmod(num_rounds, chunk_size)
     plan = [(chunk_size, i * chunk_size) for i in range(full)]
     if rest:
         plan.append((rest, full * chunk_size))
-    compiled = {}
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=num_rounds, desc=agent.name, unit="round", leave=False)
     for length, t0 in plan:
-        if length not in compiled:
-            compiled[length] = _make_chunk(env, agent, length)
-        carry, out = compiled[length](carry, t0)
+        carry, out = _make_chunk(env, agent, length)(carry, t0)
         outputs.append(out)
         if bar is not None:
             jax.block_until_ready(carry)
