@@ -120,8 +120,8 @@ def mixed_effect_model(
         else:
             raw = numpyro.sample("theta_raw", dist.Normal(0.0, 1.0).expand([d]).to_event(1))
             theta = numpyro.deterministic("theta", loc + jnp.einsum("kde,ke->kd", chol0, raw))
-    if contexts is None:
-        return
+    if contexts is None or contexts.shape[0] == 0:
+        return  # no rounds observed: the posterior is the prior
     logits = jnp.sum(contexts * theta[actions], axis=-1)
     with numpyro.plate("rounds", logits.shape[0], dim=-1):
         if likelihood == "gaussian":

@@ -52,6 +52,7 @@ __all__ = [
     "MeTSState",
     "glm_ts",
     "hier_ts",
+    "hierts_prior",
     "lin_ts",
     "lin_ucb",
     "make_agent",
@@ -356,19 +357,25 @@ def hier_ts(
     ``likelihood="gaussian"`` on logistic problems it is the linear HierTS the paper ran.
     """
 
-    def prior_map(prior: MixedEffectPrior) -> MixedEffectPrior:
-        K, _, d, _ = prior.mixing.shape
-        dtype = prior.mu_psi.dtype
-        return hierarchical_prior(
-            K,
-            d,
-            psi_var=psi_var,
-            sigma0=prior.sigma0,
-            noise_sd=prior.noise_sd,
-            dtype=dtype,
-        )
+    return mets(
+        likelihood,
+        horizon=horizon,
+        prior_map=lambda prior: hierts_prior(prior, psi_var),
+        name=name,
+    )
 
-    return mets(likelihood, horizon=horizon, prior_map=prior_map, name=name)
+
+def hierts_prior(prior: MixedEffectPrior, psi_var: float = 3.0) -> MixedEffectPrior:
+    """The prior HierTS assumes on a mixed-effect problem: one effect, every b_i = 1."""
+    K, _, d, _ = prior.mixing.shape
+    return hierarchical_prior(
+        K,
+        d,
+        psi_var=psi_var,
+        sigma0=prior.sigma0,
+        noise_sd=prior.noise_sd,
+        dtype=prior.mu_psi.dtype,
+    )
 
 
 # --------------------------------------------------------------------------- independent arms

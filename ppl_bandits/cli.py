@@ -2,7 +2,14 @@
 
 ``ppl-bandits simulate EXPERIMENT [--runs R] [--rounds N] [--K K --L L --d d] [--seed S]
 [--out DIR]`` runs a named experiment and writes DIR/regret.csv, DIR/regret.png and
-DIR/summary.json. ``ppl-bandits demo`` runs the small built-in default.
+DIR/summary.json.
+
+``ppl-bandits audit --model MODEL --agent AGENT [--K --L --d --rounds --checkpoints t1,t2
+--seed] --out DIR`` audits the agent's posterior against NUTS on the exact model and writes
+DIR/audit.json and DIR/report.html.
+
+``ppl-bandits demo`` is the audit of meTS-Lin on the mixed-effect linear model at its
+small default size.
 """
 
 from __future__ import annotations
@@ -57,10 +64,126 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", default="reports/simulate", help="output directory")
     sim.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    demo = sub.add_parser("demo", help="the built-in default job (small, a few minutes)")
-    demo.add_argument("--out", default="reports/demo")
-    demo.add_argument("--seed", type=int, default=0)
+    audit = sub.add_parser("audit", help="audit an agent's posterior against NUTS")
+    _audit_arguments(audit, out_default="reports/audit")
+
+    demo = sub.add_parser(
+        "demo", help="audit meTS-Lin on the mixed-effect linear model (small default)"
+    )
+    _audit_arguments(demo, out_default="reports/demo")
     return parser
+
+
+def _checkpoints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated round numbers, got {text!r}"
+        ) from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected round numbers >= 0, got {text!r}")
+    return values
+
+
+def _audit_arguments(p: argparse.ArgumentParser, *, out_default: str) -> None:
+    from validation.audit import AUDIT_AGENTS, AUDIT_MODELS
+
+    p.add_argument("--model", default="mixed-effect-linear", help=", ".join(AUDIT_MODELS))
+    p.add_argument("--agent", default="meTS-Lin", help=", ".join(AUDIT_AGENTS))
+    p.add_argument("--K", type=_positive_int, default=10, help="number of actions")
+    p.add_argument("--L", type=_positive_int, default=2, help="number of effects")
+    p.add_argument("--d", type=_positive_int, default=2, help="context dimension")
+    p.add_argument("--rounds", type=_positive_int, default=200)
+    p.add_argument(
+        "--checkpoints",
+        type=_checkpoints,
+        default=[50, 200],
+        help="rounds at which to audit, comma-separated (default 50,200)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--alpha", type=float, default=0.01, help="family-wise error rate of each exact comparison"
+    )
+    p.add_argument("--chains", type=_positive_int, default=4)
+    p.add_argument("--warmup", type=_positive_int, default=1000)
+    p.add_argument("--samples", type=_positive_int, default=1000)
+    p.add_argument(
+        "--parameterization", choices=("auto", "centered", "noncentered"), default="auto"
+    )
+    p.add_argument("--no-negative-controls", action="store_true")
+    p.add_argument("--out", default=out_default)
+
+
+def _audit(args, command: str) -> int:
+    from ppl_bandits.provenance import collect_versions, write_json
+    from validation.audit import run_audit
+
+    t0 = time.perf_counter()
+    outcome = run_audit(
+        args.model,
+        args.agent,
+        num_actions=args.K,
+        num_effects=args.L,
+        dim=args.d,
+        rounds=args.rounds,
+        checkpoints=args.checkpoints,
+        seed=args.seed,
+        alpha=args.alpha,
+        parameterization=args.parameterization,
+        num_chains=args.chains,
+        num_warmup=args.warmup,
+        num_samples=args.samples,
+        negative_controls=not args.no_negative_controls,
+        out_dir=args.out,
+    )
+    record = outcome.record | {
+        "wall_seconds": time.perf_counter() - t0,
+        "command": command,
+        "versions": collect_versions(),
+    }
+    out = Path(args.out)
+    write_json(out / "audit.json", record)
+    report = None
+    try:
+        from validation.report import CheckpointPanel, write_audit_report
+
+        report = write_audit_report(record, [CheckpointPanel(**p) for p in outcome.panels], out)
+    except ImportError:  # pragma: no cover - report module optional during development
+        pass
+    _print_verdicts(record)
+    print(f"wrote {out / 'audit.json'}" + (f" and {report}" if report else ""))
+    print(f"total {record['wall_seconds']:.1f} s")
+    return 0 if record["verdict"] in ("pass", "report") else 1
+
+
+def _print_verdicts(record: dict) -> None:
+    print(f"\n{record['agent']} on {record['model']}: verdict {record['verdict'].upper()}")
+    print(f"  {'check':<18} {'t':>6}  {'verdict':<8} statistic")
+    for c in record["checks"]:
+        s = c["statistics"]
+        if c["name"] == "exact-comparison" and "critical_value" in s:
+            z = [
+                abs(v)
+                for k in ("z_mean", "z_sd", "z_cross")
+                for v in (s.get(k) or [])
+                if v is not None
+            ]
+            z.append(abs(s.get("z_mahalanobis") or 0.0))
+            stat = f"max |z| {max(z):.2f} vs critical {s['critical_value']:.2f}"
+        elif "max_abs_standardized_mean_error" in s:
+            stat = (
+                f"max |std. mean error| {s['max_abs_standardized_mean_error']:.3f}, "
+                f"W2 {s['w2']:.3f}"
+            )
+        else:
+            stat = s.get("reason", "")
+        print(f"  {c['name']:<18} {c['checkpoint']:>6}  {c['verdict']:<8} {stat}")
+    if record["negative_controls"]:
+        print(f"  {'negative control':<26} {'t':>6}  rejected")
+        for c in record["negative_controls"]:
+            r = {True: "yes", False: "NO", None: "n/a (" + c.get("note", "") + ")"}
+            print(f"  {c['name']:<26} {c['checkpoint']:>6}  {r[c['rejected']]}")
 
 
 def _simulate(args, command: str) -> int:
@@ -98,25 +221,17 @@ def _simulate(args, command: str) -> int:
     return 0
 
 
-def _demo(args, command: str) -> int:
-    ns = argparse.Namespace(
-        experiment="mets-linear",
-        runs=20,
-        rounds=1000,
-        K=100,
-        L=3,
-        d=2,
-        seed=args.seed,
-        agents=None,
-        context="shared",
-        factored_variant="mean-field",
-        out=args.out,
-        quiet=False,
-    )
-    return _simulate(ns, command)
+def _configure_host_devices(n: int = 4) -> None:
+    """Expose ``n`` CPU devices so that NUTS chains run in parallel (before JAX starts)."""
+    import os
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
 def main(argv=None) -> int:
+    _configure_host_devices()
     from ppl_bandits.provenance import command_line
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -125,8 +240,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "simulate":
             return _simulate(args, command)
-        if args.command == "demo":
-            return _demo(args, command)
+        if args.command in ("audit", "demo"):
+            return _audit(args, command)
     except ValueError as exc:
         print(f"ppl-bandits {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -40,6 +40,8 @@ class SimulationResult(NamedTuple):
     """The prior each run's agent was told (leading axis R)."""
     params: Any
     """True parameters of each run (leading axis R)."""
+    checkpoint_states: dict
+    """Agent states after the first t rounds, for each requested checkpoint t."""
 
 
 class Problems(NamedTuple):
@@ -127,6 +129,7 @@ def simulate(
     chunk_size: int | None = None,
     progress: bool = False,
     problems: Problems | None = None,
+    checkpoints=(),
 ) -> SimulationResult:
     """Run ``agent`` on ``num_runs`` independent problems drawn by ``env`` for ``num_rounds``.
 
@@ -144,6 +147,9 @@ def simulate(
     problems : Problems, optional
         Problems from :func:`draw_problems` with the same ``key`` and ``num_runs``;
         drawn here when not given.
+    checkpoints : sequence of int, optional
+        Rounds t (1 <= t <= num_rounds) after which the agent's state is kept in
+        ``checkpoint_states[t]``; chunks end at every checkpoint.
 
     Examples
     --------
@@ -157,8 +163,16 @@ def simulate(
     for name, value in (("num_rounds", num_rounds), ("num_runs", num_runs)):
         if int(value) != value or value < 1:
             raise ValueError(f"{name} is {value!r}; expected an integer >= 1")
+    checkpoints = sorted({int(c) for c in checkpoints})
+    if checkpoints and (checkpoints[0] < 1 or checkpoints[-1] > num_rounds):
+        raise ValueError(f"checkpoints are {checkpoints}; expected rounds in [1, {num_rounds}]")
     if chunk_size is None:
         chunk_size = max(1, math.ceil(num_rounds / 10))
+        if checkpoints:
+            # One compiled chunk length that divides every checkpoint, when not too short.
+            g = functools.reduce(math.gcd, [*checkpoints, num_rounds])
+            if num_rounds // g <= 200:
+                chunk_size = g
     if problems is None:
         problems = draw_problems(key, env, num_runs)
     elif problems.run_keys.shape[0] != num_runs:
@@ -170,10 +184,9 @@ def simulate(
     state, loop_keys = _make_setup(agent)(problems.run_keys, prior)
     carry = (state, loop_keys, params)
     outputs = []
-    full, rest = divmod(num_rounds, chunk_size)
-    plan = [(chunk_size, i * chunk_size) for i in range(full)]
-    if rest:
-        plan.append((rest, full * chunk_size))
+    ends = sorted({*range(chunk_size, num_rounds, chunk_size), *checkpoints, num_rounds})
+    plan = [(end - start, start) for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+    kept = {}
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -182,6 +195,8 @@ def simulate(
     for length, t0 in plan:
         carry, out = _make_chunk(env, agent, length)(carry, t0)
         outputs.append(out)
+        if t0 + length in checkpoints:
+            kept[t0 + length] = carry[0]
         if bar is not None:
             jax.block_until_ready(carry)
             bar.update(length)
@@ -190,4 +205,4 @@ def simulate(
     regret, actions, ctx, rewards = (
         jnp.concatenate([o[i] for o in outputs], axis=1) for i in range(4)
     )
-    return SimulationResult(regret, actions, ctx, rewards, carry[0], prior, params)
+    return SimulationResult(regret, actions, ctx, rewards, carry[0], prior, params, kept)
