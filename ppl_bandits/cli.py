@@ -67,6 +67,23 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="audit an agent's posterior against NUTS")
     _audit_arguments(audit, out_default="reports/audit")
 
+    disc = sub.add_parser(
+        "discrepancy", help="discrepancy of the approximate posteriors against rounds"
+    )
+    disc.add_argument(
+        "--rounds-list",
+        type=_checkpoints,
+        default=[0, 50, 200, 1000],
+        help="checkpoints, comma-separated (default 0,50,200,1000)",
+    )
+    disc.add_argument("--K", type=_positive_int, default=10)
+    disc.add_argument("--L", type=_positive_int, default=2)
+    disc.add_argument("--d", type=_positive_int, default=2)
+    disc.add_argument("--seed", type=int, default=0)
+    disc.add_argument("--warmup", type=_positive_int, default=1000)
+    disc.add_argument("--samples", type=_positive_int, default=1000)
+    disc.add_argument("--out", default="reports/discrepancy")
+
     demo = sub.add_parser(
         "demo", help="audit meTS-Lin on the mixed-effect linear model (small default)"
     )
@@ -157,6 +174,53 @@ def _audit(args, command: str) -> int:
     return 0 if record["verdict"] in ("pass", "report") else 1
 
 
+def _discrepancy(args, command: str) -> int:
+    from validation.discrepancy_study import run_discrepancy_study, write_discrepancy_study
+
+    t0 = time.perf_counter()
+    settings = {
+        "rounds": args.rounds_list,
+        "num_actions": args.K,
+        "num_effects": args.L,
+        "dim": args.d,
+        "num_warmup": args.warmup,
+        "num_samples": args.samples,
+    }
+    rows = run_discrepancy_study(
+        rounds=args.rounds_list,
+        num_actions=args.K,
+        num_effects=args.L,
+        dim=args.d,
+        seed=args.seed,
+        num_warmup=args.warmup,
+        num_samples=args.samples,
+    )
+    path = write_discrepancy_study(
+        rows,
+        args.out,
+        command=command,
+        seed=args.seed,
+        settings=settings,
+        wall_seconds=time.perf_counter() - t0,
+    )
+    print(
+        f"\n{'posterior':<26} {'rounds':>6} {'max|SME|':>9} {'sd ratio':>13} "
+        f"{'W2 (iid floor)':>15} {'energy (iid floor)':>19}"
+    )
+    for r in rows:
+        if not r["reference_accepted"]:
+            print(f"{r['label']:<26} {r['rounds']:>6}  reference refused")
+            continue
+        print(
+            f"{r['label']:<26} {r['rounds']:>6} {r['max_abs_standardized_mean_error']:>9.3f} "
+            f"{r['min_sd_ratio']:>6.2f}-{r['max_sd_ratio']:<6.2f} {r['w2']:>7.3f} "
+            f"({r['w2_iid_floor']:.3f}) {r['energy_distance']:>10.4f} "
+            f"({r['energy_distance_iid_floor']:.4f})"
+        )
+    print(f"wrote {path}, {path.with_suffix('.json')}, {path.with_suffix('.png')}")
+    return 0
+
+
 def _print_verdicts(record: dict) -> None:
     print(f"\n{record['agent']} on {record['model']}: verdict {record['verdict'].upper()}")
     print(f"  {'check':<18} {'t':>6}  {'verdict':<8} statistic")
@@ -242,6 +306,8 @@ def main(argv=None) -> int:
             return _simulate(args, command)
         if args.command in ("audit", "demo"):
             return _audit(args, command)
+        if args.command == "discrepancy":
+            return _discrepancy(args, command)
     except ValueError as exc:
         print(f"ppl-bandits {args.command}: error: {exc}", file=sys.stderr)
         return 2

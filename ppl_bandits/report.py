@@ -18,15 +18,12 @@ def write_simulation_report(
 ) -> dict:
     """Write DIR/regret.csv (agent, round, mean, se of the cumulative regret), DIR/regret.png
     and DIR/summary.json; return the summary."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ppl_bandits.plotting import subplots
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     agents = {}
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = subplots(figsize=(6.4, 4.2))
     with open(out / "regret.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["agent", "round", "mean", "se"])
@@ -53,7 +50,6 @@ def write_simulation_report(
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "regret.png", dpi=120)
-    plt.close(fig)
     summary = {
         "experiment": result.name,
         "agents": agents,
