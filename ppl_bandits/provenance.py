@@ -11,11 +11,29 @@ from pathlib import Path
 
 __all__ = ["collect_versions", "command_line", "write_json"]
 
-_PACKAGES = ("ppl-bandits", "jax", "jaxlib", "numpyro", "arviz", "numpy", "matplotlib")
+_PACKAGES = (
+    "ppl-bandits",
+    "jax",
+    "jaxlib",
+    "numpyro",
+    "arviz",
+    "numpy",
+    "scipy",
+    "xarray",
+    "h5netcdf",
+    "matplotlib",
+)
 
 
 def collect_versions() -> dict:
-    """Versions of Python, the platform, the key libraries and JAX's devices."""
+    """Versions of Python, the platform, the numerical libraries and JAX's devices.
+
+    A library that is not installed is reported as None.
+
+    >>> v = collect_versions()
+    >>> sorted(k for k in ("jax", "numpyro", "arviz", "numpy", "python") if k in v)
+    ['arviz', 'jax', 'numpy', 'numpyro', 'python']
+    """
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for name in _PACKAGES:
         try:
@@ -25,6 +43,7 @@ def collect_versions() -> dict:
     try:
         import jax
 
+        out["jax_backend"] = jax.default_backend()
         out["jax_devices"] = [str(d) for d in jax.devices()]
         out["jax_x64"] = bool(jax.config.jax_enable_x64)
     except Exception as exc:  # pragma: no cover - reported, not fatal

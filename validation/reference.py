@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import importlib.metadata
 import json
-import platform
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass
@@ -33,6 +31,7 @@ import jax
 import numpy as np
 from numpyro.infer import MCMC, NUTS
 
+from ppl_bandits.provenance import collect_versions
 from validation.diagnostics import GateReport, check_gates
 
 with warnings.catch_warnings():
@@ -67,7 +66,6 @@ SCHEMA_VERSION = 1
 #: depth), acceptance probability and potential energy (``lp``); ``diverging`` is always kept.
 EXTRA_FIELDS = ("energy", "num_steps", "accept_prob", "potential_energy")
 
-_PACKAGES = ("jax", "jaxlib", "numpyro", "arviz", "numpy", "scipy", "xarray", "h5netcdf")
 _RECORD_KEYS = (
     "model_name",
     "data_hash",
@@ -90,35 +88,6 @@ class ReferenceMismatch(ValueError):
 
 
 # --------------------------------------------------------------------------- provenance
-
-
-def collect_versions() -> dict[str, str]:
-    """Versions of Python, the platform and the numerical libraries, for provenance.
-
-    Returns
-    -------
-    dict of str to str
-        Keys ``python``, ``platform``, ``jax_backend`` and the distribution names
-        ``jax, jaxlib, numpyro, arviz, numpy, scipy, xarray, h5netcdf``; a library that is
-        not installed is reported as ``"not installed"``.
-
-    Examples
-    --------
-    >>> v = collect_versions()
-    >>> sorted(k for k in ("jax", "numpyro", "arviz", "numpy", "python") if k in v)
-    ['arviz', 'jax', 'numpy', 'numpyro', 'python']
-    """
-    versions = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "jax_backend": jax.default_backend(),
-    }
-    for name in _PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 def _canonical_array(x) -> np.ndarray:
