@@ -19,6 +19,7 @@ from _common import Timer, save
 from ppl_bandits.agents import make_agent
 from ppl_bandits.environments import mixed_effect_environment
 from ppl_bandits.runner import draw_problems, simulate
+from ppl_bandits.runtime import configure_cpu
 
 SLOPE_MAX = 1.1
 
@@ -36,6 +37,7 @@ def per_round_seconds(K: int, L: int, d: int, rounds: int, seed: int = 0) -> flo
 
 
 def main(argv=None) -> dict:
+    configure_cpu()  # before JAX starts its backend; see ppl_bandits/runtime.py
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=300)
     p.add_argument("--ks", default="100,1000,10000,100000")

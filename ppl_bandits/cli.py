@@ -285,17 +285,10 @@ def _simulate(args, command: str) -> int:
     return 0
 
 
-def _configure_host_devices(n: int = 4) -> None:
-    """Expose ``n`` CPU devices so that NUTS chains run in parallel (before JAX starts)."""
-    import os
-
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
-
-
 def main(argv=None) -> int:
-    _configure_host_devices()
+    from ppl_bandits.runtime import configure_cpu
+
+    configure_cpu()
     from ppl_bandits.provenance import command_line
 
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -34,7 +34,13 @@ def collect_versions() -> dict:
     >>> sorted(k for k in ("jax", "numpyro", "arviz", "numpy", "python") if k in v)
     ['arviz', 'jax', 'numpy', 'numpyro', 'python']
     """
-    out = {"python": platform.python_version(), "platform": platform.platform()}
+    import os
+
+    out = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+    }
     for name in _PACKAGES:
         try:
             out[name] = metadata.version(name)

@@ -6,15 +6,29 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import EXACT_RTOL, random_history, random_prior
 
+from conftest import EXACT_RTOL, random_history, random_prior
 from ppl_bandits.agents import make_agent
 from ppl_bandits.cli import main
 from ppl_bandits.mixed_effect import hierarchical_joint_posterior, stats_from_history
 from validation.audit import NEGATIVE_CONTROLS, claimed_posterior, run_audit
 
-SMALL = ["--K", "4", "--L", "2", "--d", "2", "--rounds", "60", "--checkpoints", "20,60",
-         "--warmup", "400", "--samples", "600"]
+SMALL = [
+    "--K",
+    "4",
+    "--L",
+    "2",
+    "--d",
+    "2",
+    "--rounds",
+    "60",
+    "--checkpoints",
+    "20,60",
+    "--warmup",
+    "400",
+    "--samples",
+    "600",
+]
 
 
 @pytest.mark.exact
@@ -26,24 +40,43 @@ def test_claimed_posterior_reads_the_agent_state_exactly(rng):
     for x, a, y in zip(contexts, actions, rewards, strict=True):
         state = agent.update(jax.random.key(0), state, jax.numpy.broadcast_to(x, (5, 2)), a, y)
     claimed = claimed_posterior(state)
-    exact = hierarchical_joint_posterior(prior, stats_from_history(prior, contexts, actions,
-                                                                   rewards))
+    exact = hierarchical_joint_posterior(
+        prior, stats_from_history(prior, contexts, actions, rewards)
+    )
     tol = EXACT_RTOL if EXACT_RTOL < 1e-6 else 5e-3
     scale = max(1.0, float(np.max(np.abs(exact.cov))))
     assert np.max(np.abs(claimed.cov - np.asarray(exact.cov))) / scale < tol
     assert np.max(np.abs(claimed.mean - np.asarray(exact.mean))) < tol * max(
-        1.0, float(np.max(np.abs(exact.mean))))
+        1.0, float(np.max(np.abs(exact.mean)))
+    )
 
 
 def test_audit_command_passes_mets_lin_and_rejects_every_negative_control(tmp_path, capsys):
     out = tmp_path / "audit"
-    rc = main(["audit", "--model", "mixed-effect-linear", "--agent", "mets-lin", *SMALL,
-               "--out", str(out)])
+    rc = main(
+        [
+            "audit",
+            "--model",
+            "mixed-effect-linear",
+            "--agent",
+            "mets-lin",
+            *SMALL,
+            "--out",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0, printed
     record = json.loads((out / "audit.json").read_text())
-    for key in ("reference", "checks", "negative_controls", "wall_seconds", "command", "seed",
-                "versions"):
+    for key in (
+        "reference",
+        "checks",
+        "negative_controls",
+        "wall_seconds",
+        "command",
+        "seed",
+        "versions",
+    ):
         assert key in record
     assert record["reference"]["accepted"] is True
     assert [c["checkpoint"] for c in record["checks"]] == [20, 60]
@@ -58,9 +91,19 @@ def test_audit_command_passes_mets_lin_and_rejects_every_negative_control(tmp_pa
 
 
 def test_approximate_posteriors_are_reported_not_judged():
-    outcome = run_audit("mixed-effect-logistic", "meTS-GLM", num_actions=3, num_effects=1,
-                        dim=2, rounds=30, checkpoints=[30], num_warmup=300, num_samples=400,
-                        negative_controls=False, log=None)
+    outcome = run_audit(
+        "mixed-effect-logistic",
+        "meTS-GLM",
+        num_actions=3,
+        num_effects=1,
+        dim=2,
+        rounds=30,
+        checkpoints=[30],
+        num_warmup=300,
+        num_samples=400,
+        negative_controls=False,
+        log=None,
+    )
     (check,) = outcome.record["checks"]
     assert outcome.record["exact"] is False
     assert check["verdict"] == "report" and outcome.record["verdict"] == "report"
@@ -101,9 +144,20 @@ def test_false_alarm_rate_and_negative_control_power():
     reps, alpha = 20, 0.05
     alarms, rejected = 0, dict.fromkeys(NEGATIVE_CONTROLS, 0)
     for seed in range(reps):
-        rec = run_audit("mixed-effect-linear", "meTS-Lin", num_actions=4, num_effects=2, dim=2,
-                        rounds=60, checkpoints=[60], seed=seed, alpha=alpha,
-                        num_warmup=500, num_samples=1000, log=None).record
+        rec = run_audit(
+            "mixed-effect-linear",
+            "meTS-Lin",
+            num_actions=4,
+            num_effects=2,
+            dim=2,
+            rounds=60,
+            checkpoints=[60],
+            seed=seed,
+            alpha=alpha,
+            num_warmup=500,
+            num_samples=1000,
+            log=None,
+        ).record
         alarms += rec["checks"][0]["verdict"] == "fail"
         for c in rec["negative_controls"]:
             rejected[c["name"]] += bool(c["rejected"])
