@@ -84,6 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--samples", type=_positive_int, default=1000)
     disc.add_argument("--out", default="reports/discrepancy")
 
+    cal = sub.add_parser(
+        "calibrate", help="simulation-based calibration of a posterior under adaptive data"
+    )
+    cal.add_argument(
+        "--posterior", required=True, help="an agent name (meTS-Lin, LinTS, ...) or AGENT:CONTROL"
+    )
+    cal.add_argument("--replications", type=_positive_int, default=200)
+    cal.add_argument("--rounds", type=_positive_int, default=100)
+    cal.add_argument("--K", type=_positive_int, default=10)
+    cal.add_argument("--L", type=_positive_int, default=2)
+    cal.add_argument("--d", type=_positive_int, default=2)
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--alpha", type=float, default=0.01)
+    cal.add_argument("--out", default="reports/calibrate")
+
     demo = sub.add_parser(
         "demo", help="audit meTS-Lin on the mixed-effect linear model (small default)"
     )
@@ -221,6 +236,36 @@ def _discrepancy(args, command: str) -> int:
     return 0
 
 
+def _calibrate(args, command: str) -> int:
+    from validation.calibration import run_calibration, write_calibration
+
+    t0 = time.perf_counter()
+    result = run_calibration(
+        args.posterior,
+        replications=args.replications,
+        rounds=args.rounds,
+        num_actions=args.K,
+        num_effects=args.L,
+        dim=args.d,
+        seed=args.seed,
+        alpha=args.alpha,
+    )
+    result["wall_seconds"] = time.perf_counter() - t0
+    result["command"] = command
+    path = write_calibration(result, args.out)
+    uni = result["uniformity"]
+    print(
+        f"{result['posterior']}: uniformity {uni['verdict'].upper()} "
+        f"(p = {uni['p_value']:.3g}, {args.replications} replications, {args.rounds} rounds)"
+    )
+    for level, row in result["coverage"].items():
+        print(f"  central {level} % interval coverage {row['rate']:.3f} ± {row['se']:.3f}")
+    for c in result.get("negative_controls", []):
+        print(f"  negative control {c['name']}: {'rejected' if c['rejected'] else 'NOT rejected'}")
+    print(f"wrote {path} and {path.with_name('calibration.png')}")
+    return 0 if uni["verdict"] == "pass" or ":" in result["posterior"] else 1
+
+
 def _print_verdicts(record: dict) -> None:
     print(f"\n{record['agent']} on {record['model']}: verdict {record['verdict'].upper()}")
     print(f"  {'check':<18} {'t':>6}  {'verdict':<8} statistic")
@@ -301,6 +346,8 @@ def main(argv=None) -> int:
             return _audit(args, command)
         if args.command == "discrepancy":
             return _discrepancy(args, command)
+        if args.command == "calibrate":
+            return _calibrate(args, command)
     except ValueError as exc:
         print(f"ppl-bandits {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -123,3 +123,47 @@ def test_dtype_follows_x64():
     env = mixed_effect_environment(4, 1, 2)
     res = simulate(jax.random.key(0), env, make_agent("LinTS"), num_rounds=3)
     assert res.regret.dtype == jnp.result_type(float)
+
+
+def test_calibrate_command_writes_its_files(tmp_path, capsys):
+    out = tmp_path / "cal"
+    rc = main(
+        [
+            "calibrate",
+            "--posterior",
+            "mets-lin",
+            "--replications",
+            "16",
+            "--rounds",
+            "8",
+            "--K",
+            "3",
+            "--L",
+            "1",
+            "--d",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
+    printed = capsys.readouterr().out
+    record = json.loads((out / "calibration.json").read_text())
+    assert rc == (0 if record["uniformity"]["verdict"] == "pass" else 1)
+    for key in (
+        "posterior",
+        "replications",
+        "rounds",
+        "uniformity",
+        "coverage",
+        "negative_controls",
+        "wall_seconds",
+        "command",
+        "seed",
+        "versions",
+    ):
+        assert key in record
+    assert record["command"].startswith("ppl-bandits calibrate")
+    assert set(record["coverage"]) == {"50", "80", "95"}
+    assert (out / "calibration.png").stat().st_size > 1000
+    assert "uniformity" in printed
+    assert main(["calibrate", "--posterior", "nope"]) == 2

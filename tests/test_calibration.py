@@ -1,0 +1,188 @@
+"""Simulation-based calibration: exact posteriors pass, every registered negative control is
+rejected, the batched PITs are the audit's Gaussians, sharding changes nothing, and bad
+arguments are named."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from scipy import stats
+
+from validation.audit import claimed_posterior, negative_control
+from validation.calibration import (
+    ALPHA,
+    NEGATIVE_CONTROLS,
+    _band,
+    _pits,
+    _simulate,
+    calibrate_nuts,
+    ecdf_uniformity_test,
+    power_curve,
+    run_calibration,
+    write_calibration,
+)
+
+#: The module's default study size (K=10, L=2, d=2, 200 replications of 100 rounds).
+DEFAULT = {}
+
+
+@pytest.fixture(scope="module")
+def mets_lin():
+    return run_calibration("meTS-Lin", **DEFAULT)
+
+
+@pytest.fixture(scope="module")
+def lin_ts():
+    return run_calibration("LinTS", **DEFAULT)
+
+
+@pytest.mark.parametrize("which", ["mets_lin", "lin_ts"])
+def test_exact_posteriors_are_calibrated(which, request):
+    res = request.getfixturevalue(which)
+    assert res["uniformity"]["verdict"] == "pass", res["uniformity"]
+    assert res["pit"].shape[0] == res["replications"] == 200
+    for level, cov in res["coverage"].items():
+        # Coordinates of a replication are dependent: judge with the replication-level se.
+        assert abs(cov["rate"] - int(level) / 100) <= 4 * cov["se_replications"], (level, cov)
+        assert abs(cov["region_rate"] - int(level) / 100) <= 4 * max(cov["region_se"], 0.01)
+
+
+@pytest.mark.parametrize("which", ["mets_lin", "lin_ts"])
+def test_controls_run_on_the_same_replications_are_rejected(which, request):
+    res = request.getfixturevalue(which)
+    names = [c["name"] for c in res["negative_controls"]]
+    assert names == [c for c in NEGATIVE_CONTROLS if c.split(":")[0] == res["agent"]]
+    assert all(c["rejected"] for c in res["negative_controls"]), res["negative_controls"]
+
+
+@pytest.mark.parametrize("control", NEGATIVE_CONTROLS)
+def test_each_negative_control_is_rejected(control):
+    res = run_calibration(control, **DEFAULT)
+    assert res["control"] == control.split(":")[1]
+    assert res["uniformity"]["verdict"] == "fail", res["uniformity"]
+    assert res["uniformity"]["p_value"] < ALPHA
+
+
+def test_sharded_and_single_device_runs_agree_exactly():
+    assert len(jax.devices()) == 4  # root conftest.py: four host devices
+    kw = {"replications": 10, "rounds": 20, "seed": 3}  # 10 is padded to 12 on 4 devices
+    one = run_calibration("meTS-Lin", devices=jax.devices()[:1], **kw)
+    four = run_calibration("meTS-Lin", **kw)
+    assert len(four["devices"]) == 4 and len(one["devices"]) == 1
+    np.testing.assert_array_equal(one["pit"], four["pit"])
+    np.testing.assert_array_equal(one["chi2_pit"], four["chi2_pit"])
+
+
+@pytest.mark.parametrize(
+    ("agent", "kind", "controls"),
+    [
+        ("meTS-Lin", None, [None, "covariance-x1.3", "mean-shift-0.5sd", "coupling-dropped"]),
+        ("meTS-Lin-Fa", "mean-field", [None, "published-factored-mean"]),
+    ],
+)
+def test_batched_pits_are_the_audit_gaussians(agent, kind, controls):
+    K, L, d = 4, 2, 2
+    state, params = _simulate(agent, "mixed-effect-linear", K, L, d, 20, 3, 0, jax.devices())
+    for control in controls:
+        u, chi2, labels, _ = _pits(state, params, kind, control, K=K, d=d)
+        assert len(labels) == L * d + K * d
+        for r in range(3):
+            one = jax.tree.map(lambda a, r=r: a[r], state)
+            g = claimed_posterior(one, kind)
+            if control is not None:
+                g = negative_control(control, g, one, num_effects=L, dim=d)
+            x = np.concatenate([params.psi[r], np.ravel(params.theta[r])]).astype(np.float64)
+            e = x - g.mean
+            np.testing.assert_allclose(
+                u[r], stats.norm.cdf(e / np.sqrt(np.diag(g.cov))), rtol=1e-9, atol=1e-12
+            )
+            q = e @ np.linalg.solve(g.cov, e)
+            np.testing.assert_allclose(chi2[r, 0], stats.chi2.cdf(q, x.size), rtol=1e-7)
+
+
+def test_uniformity_test_holds_its_level_and_matches_the_arviz_band():
+    from arviz.stats.ecdf_utils import ecdf_confidence_band
+
+    rng = np.random.default_rng(1)
+    studies, alpha = 400, 0.05
+    rejected = [
+        ecdf_uniformity_test(rng.uniform(size=100), alpha)["verdict"] == "fail"
+        for _ in range(studies)
+    ]
+    mcse = np.sqrt(alpha * (1 - alpha) / studies)
+    assert abs(np.mean(rejected) - alpha) <= 4 * mcse
+    # The simultaneous band agrees with ArviZ's optimized band to one count at its edge.
+    n = 200
+    z, lower, upper = _band(n, alpha)
+    lo, hi = ecdf_confidence_band(n, z, z, prob=1 - alpha, method="optimized")
+    assert np.abs(lower - lo).max() * n <= 1 + 1e-9
+    assert np.abs(upper - hi).max() * n <= 1 + 1e-9
+
+
+def test_power_curve_reports_power_and_size():
+    # 4 studies x 50 = the fixtures' 200 replications: the compiled runner is reused.
+    res = power_curve("meTS-Lin:mean-shift-0.5sd", replications=(25, 50), studies=4)
+    assert res["replications"] == [25, 50] and len(res["power"]) == 2
+    assert res["power"][-1] == 1.0
+    assert all(0 <= s <= 1 for s in res["size"])
+
+
+def test_write_calibration(mets_lin, tmp_path):
+    path = write_calibration(mets_lin, tmp_path)
+    record = json.loads(path.read_text())
+    for key in (
+        "posterior",
+        "replications",
+        "rounds",
+        "uniformity",
+        "coverage",
+        "negative_controls",
+        "wall_seconds",
+        "command",
+        "seed",
+        "versions",
+    ):
+        assert key in record
+    assert set(record["uniformity"]) >= {"statistic", "p_value", "verdict"}
+    assert set(record["coverage"]) == {"50", "80", "95"}
+    assert set(record["coverage"]["95"]) >= {"rate", "se"}
+    assert all(set(c) >= {"name", "rejected"} for c in record["negative_controls"])
+    assert (tmp_path / "calibration.png").stat().st_size > 0
+    pit = np.loadtxt(tmp_path / "pit.csv", delimiter=",", skiprows=1)
+    assert pit.shape == (200, mets_lin["pit"].shape[1] + 1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"posterior": "meTS-Nope"}, "posterior"),
+        ({"posterior": "LinUCB"}, "posterior"),
+        ({"posterior": "meTS-Lin:covariance-x2"}, "posterior"),
+        ({"posterior": "LinTS:published-factored-mean"}, "posterior"),
+        ({"posterior": "meTS-Lin", "replications": 0}, "replications"),
+        ({"posterior": "meTS-Lin", "replications": 2.5}, "replications"),
+        ({"posterior": "meTS-Lin", "rounds": 0}, "rounds"),
+        ({"posterior": "meTS-Lin", "model": "nope"}, "model"),
+        ({"posterior": "meTS-Lin", "devices": []}, "devices"),
+        ({"posterior": "meTS-Lin", "alpha": 1.5}, "alpha"),
+    ],
+)
+def test_bad_input_names_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        run_calibration(**kwargs)
+
+
+def test_bad_pits_are_refused():
+    with pytest.raises(ValueError, match="pits"):
+        ecdf_uniformity_test(np.array([0.5, 1.5]))
+    with pytest.raises(ValueError, match="control"):
+        power_curve("meTS-Lin")
+
+
+@pytest.mark.slow
+def test_nuts_reference_is_calibrated():
+    res = calibrate_nuts(replications=40)
+    assert res["ranks"].shape == (40, 2 + 3 * 2)
+    assert res["ranks"].min() >= 0 and res["ranks"].max() <= res["num_ranks"] - 1
+    assert res["uniformity"]["verdict"] == "pass", res["uniformity"]
