@@ -91,6 +91,7 @@ def _history_init(horizon: int, d: int, dtype) -> History:
 
 
 def _history_add(h: History, x, a, y) -> History:
+    a = jnp.asarray(a, h.a.dtype)  # actions may arrive as int64 under JAX_ENABLE_X64
     return History(h.X.at[h.t].set(x), h.y.at[h.t].set(y), h.a.at[h.t].set(a), h.t + 1)
 
 

@@ -202,3 +202,13 @@ def test_every_agent_runs_under_jit_and_vmap(name):
     r = np.asarray(res.regret)
     assert r.shape == (2, 25) and np.all(np.isfinite(r)) and np.all(r >= -1e-6)
     assert int(np.asarray(res.state.count).sum()) == 50
+
+
+@pytest.mark.exact
+@pytest.mark.parametrize("name", ["meTS-GLM", "GLM-TS"])
+def test_logistic_agents_run_in_either_precision(name):
+    """Regression: under JAX_ENABLE_X64 actions arrive as int64 and must still be stored
+    in the int32 history buffer without a dtype-mismatch warning (warnings are errors)."""
+    env = mixed_effect_environment(4, 1, 2, reward="logistic")
+    res = simulate(jax.random.key(0), env, make_agent(name, horizon=6), num_rounds=6)
+    assert np.asarray(res.state.history.a)[0].tolist()[:6] == np.asarray(res.actions)[0].tolist()

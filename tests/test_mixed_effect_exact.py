@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import EXACT_RTOL, X64, random_history, random_prior
 
+from conftest import EXACT_RTOL, X64, random_history, random_prior
 from models.mixed_effect import mixed_effect_model
 from ppl_bandits.mixed_effect import (
     conditional_action_posterior,
