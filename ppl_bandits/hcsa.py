@@ -77,6 +77,7 @@ __all__ = [
     "ridge_reference",
     "sample_hypothetical_action",
     "sampling_moments",
+    "serial_after",
 ]
 
 RANK_RTOL_FACTOR = 10.0
@@ -84,6 +85,29 @@ RANK_RTOL_FACTOR = 10.0
 matrix computed by ``eigh`` carry an absolute error of order ``d · eps · λ_max`` (Golub and
 Van Loan, Matrix Computations, Sec. 8.1); a factor 10 above that separates round-off from
 signal, as ``numpy.linalg.matrix_rank`` does for singular values."""
+
+
+def serial_after(x, *deps):
+    r"""Return ``x`` unchanged but data-dependent on ``deps``: :math:`x + 0\cdot\sum_k d_k[0]`.
+
+    Why: jaxlib 0.10's CPU LAPACK kernels (``eigh``, LU, Cholesky, triangular solves)
+    split a batch over XLA's intra-op thread pool and block until the pieces are done. When
+    as many *independent* LAPACK calls as the pool has threads run at the same time (two on
+    a two-core machine), every worker blocks and the computation never returns (a gdb
+    stack shows all ``tf_XLAEigen`` workers in ``ParallelBatchMap`` /
+    ``BlockingCounter::Wait``). Every jitted path of this package therefore orders its
+    LAPACK calls by data dependencies; this helper adds one where the mathematics does not.
+    XLA keeps ``0.0 * d`` (it is not 0 for d = inf or NaN), so the dependency survives
+    optimization; the value is exactly ``x`` whenever ``deps`` are finite.
+
+    >>> serial_after(jnp.ones(2), jnp.arange(3))
+    Array([1., 1.], dtype=float32)
+    """
+    x = jnp.asarray(x)
+    zero = jnp.zeros((), x.dtype)
+    for dep in deps:
+        zero = zero + 0.0 * jnp.ravel(jnp.asarray(dep))[0].astype(x.dtype)
+    return x + zero
 
 
 # --------------------------------------------------------------------------------------
@@ -866,7 +890,8 @@ def hcsa_ts(
         )
         in_aug = state.num_augmented < schedule(t)
         hc = hypothetical_contexts(contexts, action, augment=in_aug, rank_rtol=rank_rtol)
-        theta_check = reference(state.ref_gram, state.ref_moment)
+        # order the reference's LAPACK call after the eigh (see serial_after)
+        theta_check = reference(serial_after(state.ref_gram, hc.z), state.ref_moment)
         pseudo = coupled_pseudo_rewards(hc, reward, theta_check, gamma)
         gram, moment = hcsa_statistics_update(state.gram, state.moment, hc, pseudo, matched)
         x = contexts[action]

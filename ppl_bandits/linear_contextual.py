@@ -48,6 +48,7 @@ from ppl_bandits.hcsa import (
     check_probability,
     hcsa_ts,
     max_trials,
+    serial_after,
 )
 from ppl_bandits.types import Agent, Environment
 
@@ -206,11 +207,13 @@ def hcsa_environment(
         else:
             half = 1.0 / math.sqrt(d)
             theta = jax.random.uniform(k_theta, (d,), minval=-half, maxval=half)
-        if kind == "low_rank":
-            basis, _ = jnp.linalg.qr(jax.random.normal(k_basis, (d, k)))
+        if kind == "low_rank":  # QR after the model's Cholesky (see hcsa.serial_after)
+            basis, _ = jnp.linalg.qr(serial_after(jax.random.normal(k_basis, (d, k)), theta))
         else:
             basis = jnp.eye(d)
         signs = jnp.where(jax.random.bernoulli(k_sign, 0.5, (d,)), 1.0, -1.0)
+        # the agents' init may factor the prior covariance: order it after this draw
+        prior = prior._replace(sigma=serial_after(prior.sigma, theta, basis))
         return prior, LinearContextualParams(theta, basis, signs, jnp.asarray(noise_sd))
 
     def contexts(key, params: LinearContextualParams, t=None):
@@ -264,11 +267,20 @@ def _prepare_update(state_dim: int, dtype, contexts, action, reward):
     return jnp.asarray(contexts, dtype), jnp.asarray(reward, dtype)
 
 
-def _quad_form_diag(contexts, gram):
-    """diag(X G⁻¹ Xᵀ) for symmetric positive-definite G, via a Cholesky solve."""
+def _chol_solve_and_widths(gram, moment, contexts):
+    """(G⁻¹ m, diag(X G⁻¹ Xᵀ), log det G) with LAPACK calls in one dependent chain.
+
+    One Cholesky factor, one forward solve of the stacked right-hand sides [Xᵀ | m] and one
+    backward solve that needs its result: never two LAPACK calls at once (see
+    :func:`ppl_bandits.hcsa.serial_after`).
+    """
     L = jnp.linalg.cholesky(gram)
-    half = solve_triangular(L, contexts.T, lower=True)
-    return jnp.sum(half**2, axis=0)
+    rhs = jnp.concatenate([contexts.T, moment[:, None]], axis=1)
+    half = solve_triangular(L, rhs, lower=True)
+    theta = solve_triangular(L.T, half[:, -1], lower=False)
+    widths2 = jnp.sum(half[:, :-1] ** 2, axis=0)
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
+    return theta, widths2, logdet
 
 
 # --------------------------------------------------------------------------------------
@@ -329,13 +341,15 @@ class LinTSState(NamedTuple):
 def lin_ts_posterior(state: LinTSState):
     r"""Posterior mean G⁻¹B and covariance G⁻¹ of θ* (v = 1): the exact conjugate posterior.
 
-    >>> s = LinTSState(2.0 * jnp.eye(2), jnp.array([2.0, 0.0]), jnp.float32(1.0))
+    >>> s = LinTSState(4.0 * jnp.eye(2), jnp.array([4.0, 0.0]), jnp.float32(1.0))
     >>> lin_ts_posterior(s)[0]
     Array([1., 0.], dtype=float32)
     """
-    cov = jnp.linalg.inv(state.precision)
+    d = state.moment.shape[0]
+    L = jnp.linalg.cholesky(state.precision)
+    cov = jax.scipy.linalg.cho_solve((L, True), jnp.eye(d, dtype=state.moment.dtype))
     cov = 0.5 * (cov + cov.T)
-    return jnp.linalg.solve(state.precision, state.moment), cov
+    return cov @ state.moment, cov
 
 
 def lin_ts(
@@ -375,8 +389,8 @@ def lin_ts(
     >>> ag = lin_ts()
     >>> s = ag.init(jax.random.key(0), isotropic_linear_bandit_prior(2, noise_sd=1.0))
     >>> s = ag.update(jax.random.key(1), s, jnp.eye(2), 0, jnp.float32(1.0))
-    >>> lin_ts_posterior(s)[0]
-    Array([0.33333334, 0.        ], dtype=float32)
+    >>> lin_ts_posterior(s)[0].round(4)
+    Array([0.3333, 0.    ], dtype=float32)
     """
     v = _check_positive("v", v)
     if lam is not None:
@@ -388,7 +402,8 @@ def lin_ts(
         d, dtype = _prior_dim_dtype(prior)
         sd = jnp.asarray(prior.noise_sd if noise_sd is None else noise_sd, dtype)
         if lam is None:
-            prec = jnp.linalg.inv(jnp.asarray(prior.sigma, dtype))
+            L = jnp.linalg.cholesky(jnp.asarray(prior.sigma, dtype))
+            prec = jax.scipy.linalg.cho_solve((L, True), jnp.eye(d, dtype=dtype))
             prec = 0.5 * (prec + prec.T)
             moment = prec @ jnp.asarray(prior.mu, dtype)
         else:
@@ -399,10 +414,11 @@ def lin_ts(
     def act(key, state: LinTSState, contexts):
         d = state.moment.shape[0]
         contexts = _prepare(d, state.moment.dtype, contexts)
+        # θ̃ = L⁻ᵀ(L⁻¹B + vξ) = G⁻¹B + v L⁻ᵀξ: two dependent triangular solves
         L = jnp.linalg.cholesky(state.precision)
-        mean = jax.scipy.linalg.cho_solve((L, True), state.moment)
         xi = jax.random.normal(key, (d,), state.moment.dtype)
-        theta = mean + v * solve_triangular(L.T, xi, lower=False)
+        half = solve_triangular(L, state.moment, lower=True)
+        theta = solve_triangular(L.T, half + v * xi, lower=False)
         return jnp.argmax(contexts @ theta).astype(jnp.int32)
 
     def update(key, state: LinTSState, contexts, action, reward) -> LinTSState:
@@ -443,8 +459,12 @@ def oful_radius(gram, lam, noise_sd, delta, theta_norm_bound):
     >>> float(oful_radius(jnp.eye(2), 1.0, 1.0, math.exp(-0.5), 0.0))
     1.0
     """
-    d = gram.shape[-1]
-    _, logdet = jnp.linalg.slogdet(gram)
+    L = jnp.linalg.cholesky(gram)
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
+    return _oful_beta(logdet, gram.shape[-1], lam, noise_sd, delta, theta_norm_bound)
+
+
+def _oful_beta(logdet, d, lam, noise_sd, delta, theta_norm_bound):
     inner = logdet - d * math.log(lam) + 2.0 * math.log(1.0 / delta)
     return noise_sd * jnp.sqrt(jnp.maximum(inner, 0.0)) + math.sqrt(lam) * theta_norm_bound
 
@@ -498,11 +518,11 @@ def lin_ucb(
         )
 
     def act(key, state: LinUCBState, contexts):
-        contexts = _prepare(state.moment.shape[0], state.moment.dtype, contexts)
-        theta = jnp.linalg.solve(state.gram, state.moment)
-        width = jnp.sqrt(_quad_form_diag(contexts, state.gram))
-        beta = oful_radius(state.gram, lam, state.noise_sd, delta, theta_norm_bound)
-        return jnp.argmax(contexts @ theta + alpha * beta * width).astype(jnp.int32)
+        d = state.moment.shape[0]
+        contexts = _prepare(d, state.moment.dtype, contexts)
+        theta, widths2, logdet = _chol_solve_and_widths(state.gram, state.moment, contexts)
+        beta = _oful_beta(logdet, d, lam, state.noise_sd, delta, theta_norm_bound)
+        return jnp.argmax(contexts @ theta + alpha * beta * jnp.sqrt(widths2)).astype(jnp.int32)
 
     def update(key, state: LinUCBState, contexts, action, reward) -> LinUCBState:
         d = state.moment.shape[0]
@@ -641,14 +661,14 @@ def drts(
             )
         return gamma
 
-    def _probs(state: DRTSState, contexts):
+    def _probs(state: DRTSState, contexts, after=()):
         d = state.moment.shape[0]
         t = state.round + 1
         reg = lam * jnp.sqrt(jnp.maximum(t - 1, 1).astype(contexts.dtype))
-        V = state.gram_all + reg * jnp.eye(d, dtype=contexts.dtype)
-        beta = jnp.linalg.solve(V, state.moment)
+        V = serial_after(state.gram_all + reg * jnp.eye(d, dtype=contexts.dtype), *after)
+        beta, widths2, _ = _chol_solve_and_widths(V, state.moment, contexts)
         means = contexts @ beta
-        sds = v * jnp.sqrt(_quad_form_diag(contexts, V))
+        sds = v * jnp.sqrt(widths2)
         return means, sds, drts_selection_probs(means, sds, nq)
 
     def init(key, prior) -> DRTSState:
@@ -681,7 +701,8 @@ def drts(
         contexts, reward = _prepare_update(d, state.moment.dtype, contexts, action, reward)
         N = contexts.shape[0]
         g = _gamma(N)
-        _, _, pi = _probs(state, contexts)
+        # recompute π after act's LAPACK calls (see hcsa.serial_after): depend on the action
+        _, _, pi = _probs(state, contexts, after=(action,))
         M = max_trials(state.round + 1, g, delta).astype(contexts.dtype)
         eligible = pi > g
         pi_s = jnp.sum(jnp.where(eligible, pi, 0.0))
@@ -691,9 +712,8 @@ def drts(
             pi[action] / pi_s * (1.0 - miss**M),
             pi[action] * miss ** (M - 1.0),
         )
-        beta_check = jnp.linalg.solve(
-            state.ref_gram + ref_lam * jnp.eye(d, dtype=contexts.dtype), state.ref_moment
-        )
+        ref = state.ref_gram + ref_lam * jnp.eye(d, dtype=contexts.dtype)
+        beta_check = jnp.linalg.solve(serial_after(ref, pi), state.ref_moment)
         pred = contexts @ beta_check
         y_dr = pred.at[action].add((reward - pred[action]) / p_a)
         x = contexts[action]
@@ -772,9 +792,10 @@ def hy_ran(
     if impute_lam is not None:
         impute_lam = _check_positive("impute_lam", impute_lam)
 
-    def _estimate(state: HyRanState, reg):
+    def _estimate(state: HyRanState, reg, after=()):
         d = state.moment.shape[0]
-        return jnp.linalg.solve(state.gram + reg * jnp.eye(d, dtype=state.gram.dtype), state.moment)
+        A = serial_after(state.gram + reg * jnp.eye(d, dtype=state.gram.dtype), *after)
+        return jnp.linalg.solve(A, state.moment)
 
     def init(key, prior) -> HyRanState:
         d, dtype = _prior_dim_dtype(prior)
@@ -795,7 +816,8 @@ def hy_ran(
         t = (state.round + 1).astype(contexts.dtype)
         u = jax.random.uniform(key, (), contexts.dtype)
         full = u < p  # ã = a_t; otherwise ã is one of the N − 1 other arms
-        beta_check = _estimate(state, jnp.sqrt(t) if impute_lam is None else impute_lam)
+        reg = jnp.sqrt(t) if impute_lam is None else impute_lam
+        beta_check = _estimate(state, reg, after=(action,))  # after act's solve
         pred = contexts @ beta_check
         y_dr = pred.at[action].add((reward - pred[action]) / p)
         x = contexts[action]
@@ -865,8 +887,9 @@ def sup_lin_ucb(
         alpha = _check_positive("alpha", alpha)
     S = max(1, math.ceil(math.log(T)))
 
-    def _select(state: SupLinUCBState, contexts):
+    def _select(state: SupLinUCBState, contexts, after=()):
         N = contexts.shape[0]
+        grams = serial_after(state.grams, *after)
         a_conf = math.sqrt(0.5 * math.log(2.0 * T * N / delta)) if alpha is None else alpha
         cand = jnp.ones((N,), bool)
         done = jnp.array(False)
@@ -874,10 +897,14 @@ def sup_lin_ucb(
         stage = jnp.int32(-1)  # −1: no stage is updated
         neg = -jnp.inf
         last_ucb = jnp.zeros((N,), contexts.dtype)
+        # all stages at once: one batched Cholesky and two dependent batched solves
+        theta, widths2, _ = jax.vmap(_chol_solve_and_widths, in_axes=(0, 0, None))(
+            grams, state.moments, contexts
+        )
+        r_hats = theta @ contexts.T  # (S, N)
+        ws = (a_conf + 1.0) * jnp.sqrt(widths2)  # (S, N)
         for s in range(S):
-            A = state.grams[s]
-            r_hat = contexts @ jnp.linalg.solve(A, state.moments[s])
-            w = (a_conf + 1.0) * jnp.sqrt(_quad_form_diag(contexts, A))
+            r_hat, w = r_hats[s], ws[s]
             ucb = r_hat + w
             case_a = jnp.all(jnp.where(cand, w <= 1.0 / math.sqrt(T), True))
             wide = cand & (w > 2.0 ** (-(s + 1)))
@@ -909,7 +936,7 @@ def sup_lin_ucb(
     def update(key, state: SupLinUCBState, contexts, action, reward) -> SupLinUCBState:
         d = state.moments.shape[1]
         contexts, reward = _prepare_update(d, state.moments.dtype, contexts, action, reward)
-        _, stage = _select(state, contexts)
+        _, stage = _select(state, contexts, after=(action,))  # after act's LAPACK calls
         x = contexts[action]
         onehot = (jnp.arange(S) == stage).astype(contexts.dtype)
         return SupLinUCBState(

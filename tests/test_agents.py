@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import EXACT_RTOL, random_history, random_prior
 
+from conftest import EXACT_RTOL, random_history, random_prior
 from ppl_bandits.agents import (
     AGENT_NAMES,
     _sample_actions,
