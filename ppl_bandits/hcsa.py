@@ -32,6 +32,10 @@ Notation (one round ``t``; ``N`` arms, dimension ``d``):
 - slots are stored in a fixed shape ``(d + 1, d)`` with a boolean mask ``active``, so every
   function here is ``jax.jit``- and ``jax.vmap``-compatible.
 
+Every jitted path orders its LAPACK calls (``eigh``, solves) by data dependencies, adding
+one with :func:`serial_after` where the mathematics has none: jaxlib 0.10's batched CPU
+LAPACK kernels deadlock when as many of them run concurrently as XLA has worker threads.
+
 The agent (:func:`hcsa_ts`, Algorithm 2) carries in its state the PRNG key of the
 hypothetical draws :math:`\tilde a` of the coming round (``coupling_key``). ``act`` runs the
 coupled arm selection (:func:`coupled_arm_selection`, Algorithm 1) with it, and ``update``
