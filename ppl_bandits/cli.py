@@ -99,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--alpha", type=float, default=0.01)
     cal.add_argument("--out", default="reports/calibrate")
 
+    cc = sub.add_parser("check-coupling", help="the HCSA coupling checks and their controls")
+    cc.add_argument("--d", type=_positive_int, default=10, help="context dimension")
+    cc.add_argument("--N", type=_positive_int, default=10, help="arms per round (>= 2)")
+    cc.add_argument("--rounds", type=_positive_int, default=50)
+    cc.add_argument("--replications", type=_positive_int, default=500)
+    cc.add_argument("--gamma", type=float, default=0.25)
+    cc.add_argument("--delta", type=float, default=0.1)
+    cc.add_argument("--seed", type=int, default=0)
+    cc.add_argument("--out", default="reports/coupling")
+
     demo = sub.add_parser(
         "demo", help="audit meTS-Lin on the mixed-effect linear model (small default)"
     )
@@ -266,6 +276,40 @@ def _calibrate(args, command: str) -> int:
     return 0 if uni["verdict"] == "pass" or ":" in result["posterior"] else 1
 
 
+def _check_coupling(args, command: str) -> int:
+    from ppl_bandits.provenance import collect_versions
+    from validation.coupling import run_coupling_checks, write_coupling_report
+
+    t0 = time.perf_counter()
+    result = run_coupling_checks(
+        d=args.d,
+        N=args.N,
+        rounds=args.rounds,
+        replications=args.replications,
+        seed=args.seed,
+        gamma=args.gamma,
+        delta=args.delta,
+        progress=True,
+    )
+    path = write_coupling_report(
+        result,
+        args.out,
+        command=command,
+        versions=collect_versions(),
+        wall_seconds=time.perf_counter() - t0,
+    )
+    for c in result["checks"]:
+        print(f"  {c['name']:<28} {c['verdict']}")
+    for c in result["negative_controls"]:
+        label = f"{c['name']} ({c.get('check', '')})"
+        print(f"  control {label:<48} {'rejected' if c['rejected'] else 'NOT rejected'}")
+    print(f"wrote {path}")
+    ok = all(c["verdict"] == "pass" for c in result["checks"]) and all(
+        c["rejected"] for c in result["negative_controls"]
+    )
+    return 0 if ok else 1
+
+
 def _print_verdicts(record: dict) -> None:
     print(f"\n{record['agent']} on {record['model']}: verdict {record['verdict'].upper()}")
     print(f"  {'check':<18} {'t':>6}  {'verdict':<8} statistic")
@@ -348,6 +392,8 @@ def main(argv=None) -> int:
             return _discrepancy(args, command)
         if args.command == "calibrate":
             return _calibrate(args, command)
+        if args.command == "check-coupling":
+            return _check_coupling(args, command)
     except ValueError as exc:
         print(f"ppl-bandits {args.command}: error: {exc}", file=sys.stderr)
         return 2
