@@ -113,6 +113,16 @@ def _inverse_and_sqrt(A):
     return R @ Linv, R, logdet
 
 
+def _gaussian_step(G_a, B_a, x, y, noise_sd):
+    """One Gaussian-reward observation added to an action's (G, B): σ⁻²xxᵀ and σ⁻²xy.
+
+    The single-action form of :func:`ppl_bandits.mixed_effect.update_stats`, shared by the
+    meTS and the per-action agents.
+    """
+    prec = 1.0 / noise_sd**2
+    return G_a + prec * jnp.outer(x, x), B_a + prec * y * x
+
+
 def _check_likelihood(likelihood: str, horizon):
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood is {likelihood!r}; expected one of {LIKELIHOODS}")
@@ -319,9 +329,7 @@ def mets(
         x = contexts[action]
         count = state.count.at[action].add(1)
         if likelihood == "gaussian":
-            prec = 1.0 / state.noise_sd**2
-            G_a = state.G[action] + prec * jnp.outer(x, x)
-            B_a = state.B[action] + prec * reward * x
+            G_a, B_a = _gaussian_step(state.G[action], state.B[action], x, reward, state.noise_sd)
             return _refresh_action(state._replace(count=count), action, G_a, B_a)
         hist = _history_add(state.history, x, action, reward)
         lap = _refit(
@@ -458,9 +466,7 @@ def _indep_update(likelihood: str, newton_tol, newton_max_iter):
             gram_inv=state.gram_inv.at[action].add(-jnp.outer(Vx, Vx) / (1.0 + x @ Vx)),
         )
         if likelihood == "gaussian":
-            prec = 1.0 / state.noise_sd**2
-            G_a = state.G[action] + prec * jnp.outer(x, x)
-            B_a = state.B[action] + prec * reward * x
+            G_a, B_a = _gaussian_step(state.G[action], state.B[action], x, reward, state.noise_sd)
             return _indep_refresh(state, action, G_a, B_a)
         hist = _history_add(state.history, x, action, reward)
         lap = _refit(
