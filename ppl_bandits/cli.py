@@ -33,33 +33,50 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ppl_bandits.experiments import EXPERIMENTS
+    from ppl_bandits.experiments import list_experiments
 
     parser = argparse.ArgumentParser(
         prog="ppl-bandits", description="Structured Thompson sampling with audited posteriors."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sim = sub.add_parser("simulate", help="run a named experiment and write its regret report")
-    sim.add_argument("experiment", help=f"one of: {', '.join(EXPERIMENTS)}")
-    sim.add_argument("--runs", type=_positive_int, help="independent runs (default 50)")
-    sim.add_argument("--rounds", type=_positive_int, help="rounds per run (default 5000)")
-    sim.add_argument("--K", type=_positive_int, help="number of actions (default 100)")
-    sim.add_argument("--L", type=_positive_int, help="number of effects (default 3)")
-    sim.add_argument("--d", type=_positive_int, help="context dimension (default 2)")
+    sim = sub.add_parser(
+        "simulate",
+        help="run a named experiment and write its regret report",
+        description="Options an experiment does not take are refused; "
+        "defaults are the experiment's own (see summary.json).",
+    )
+    sim.add_argument("experiment", help=f"one of: {', '.join(list_experiments())}")
+    sim.add_argument("--runs", type=_positive_int, help="independent runs")
+    sim.add_argument("--rounds", type=_positive_int, help="rounds per run")
+    sim.add_argument("--K", type=_positive_int, help="number of actions")
+    sim.add_argument("--L", type=_positive_int, help="number of effects or diffusion levels")
+    sim.add_argument("--d", type=_positive_int, help="context dimension")
+    sim.add_argument("--N", type=_positive_int, help="arms per round (per-round contexts)")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--agents", help="comma-separated agent names (default: the paper's)")
     sim.add_argument(
         "--context",
         choices=("shared", "pool"),
-        default="shared",
-        help="one context for all actions, or the authors' per-action context pool",
+        help="mixed-effect: one context for all actions, or the authors' per-action pool",
     )
     sim.add_argument(
         "--factored-variant",
         choices=("mean-field", "published"),
-        default="mean-field",
         help="mean of the factored (-Fa) agents",
+    )
+    sim.add_argument("--mask-prob", type=float, help="probability of masking context entries")
+    sim.add_argument("--data", help="path to a data set (real-data experiments)")
+    sim.add_argument("--prior-dir", help="directory of a pre-trained diffusion prior")
+    sim.add_argument(
+        "--pretrain-samples", type=_positive_int, help="samples the diffusion prior is trained on"
+    )
+    sim.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="any other option of the experiment (repeatable), e.g. --set kind=drift",
     )
     sim.add_argument("--out", default="reports/simulate", help="output directory")
     sim.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -339,24 +356,56 @@ def _print_verdicts(record: dict) -> None:
             print(f"  {c['name']:<26} {c['checkpoint']:>6}  {r[c['rejected']]}")
 
 
+def _parse_set(items) -> dict:
+    """``--set KEY=VALUE`` pairs; values are read as int, float, true/false or text."""
+    options = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"--set is {item!r}; expected OPTION=VALUE")
+        value: object = text
+        for cast in (int, float):
+            try:
+                value = cast(text)
+                break
+            except ValueError:
+                continue
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        options[key] = value
+    return options
+
+
+_SIMULATE_OPTIONS = {
+    "K": "num_actions",
+    "L": "num_effects",
+    "d": "dim",
+    "N": "num_arms",
+    "runs": "num_runs",
+    "rounds": "num_rounds",
+    "context": "context",
+    "factored_variant": "factored_variant",
+    "mask_prob": "mask_prob",
+    "data": "data",
+    "prior_dir": "prior_dir",
+    "pretrain_samples": "pretrain_samples",
+}
+
+
 def _simulate(args, command: str) -> int:
     from ppl_bandits.experiments import run_experiment
     from ppl_bandits.report import write_simulation_report
 
     agents = None if args.agents is None else [a.strip() for a in args.agents.split(",")]
+    options = {opt: getattr(args, attr) for attr, opt in _SIMULATE_OPTIONS.items()}
+    for key, value in _parse_set(args.set).items():
+        if options.get(key) is not None:
+            raise ValueError(f"option {key} is given twice (as a flag and with --set)")
+        options[key] = value
     t0 = time.perf_counter()
     result = run_experiment(
-        args.experiment,
-        seed=args.seed,
-        progress=not args.quiet,
-        num_actions=args.K,
-        num_effects=args.L,
-        dim=args.d,
-        num_rounds=args.rounds,
-        num_runs=args.runs,
-        context=args.context,
-        agents=agents,
-        factored_variant=args.factored_variant,
+        args.experiment, seed=args.seed, progress=not args.quiet, agents=agents, **options
     )
     summary = write_simulation_report(
         result, args.out, command=command, total_seconds=time.perf_counter() - t0
@@ -369,7 +418,7 @@ def _simulate(args, command: str) -> int:
             f"   ({row['wall_seconds']:.1f} s)"
         )
     out = Path(args.out)
-    print(f"wrote {out / 'regret.csv'}, {out / 'regret.png'}, {out / 'summary.json'}")
+    print("wrote " + ", ".join(str(out / f) for f in summary["files"]))
     print(f"total {summary['wall_seconds']:.1f} s")
     return 0
 

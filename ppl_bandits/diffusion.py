@@ -887,7 +887,7 @@ def diffusion_environment(
         psi, theta = sample_diffusion_parameters(k_params, prior, shared=shared)
         return prior, DiffusionParams(psi, theta, prior.noise_sd)
 
-    def contexts(key, params: DiffusionParams):
+    def contexts(key, params: DiffusionParams, t=None):  # iid: the round index is unused
         dtype = params.theta.dtype
         if shared:
             return jax.random.uniform(key, (K, d), dtype, -1.0, 1.0)

@@ -103,7 +103,7 @@ def mixed_effect_environment(
         pool = jax.random.uniform(k_pool, (pool_size, dim), prior.mu_psi.dtype, -1.0, 1.0)
         return prior, MixedEffectParams(psi, theta, pool, prior.noise_sd)
 
-    def contexts(key, params: MixedEffectParams):
+    def contexts(key, params: MixedEffectParams, t=None):  # iid: the round index is unused
         dtype = params.theta.dtype
         if context == "shared":
             x = jax.random.uniform(key, (dim,), dtype, -1.0, 1.0)

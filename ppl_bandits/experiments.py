@@ -1,5 +1,10 @@
 """Named experiments: an environment and a list of agents, run by ``ppl-bandits simulate``.
 
+An experiment is an :class:`ExperimentSpec` in the registry :data:`EXPERIMENTS`: its
+options with their defaults, and a builder that turns the resolved settings into an
+environment and agents. Options an experiment does not take are refused by name, so
+``--N`` on a mixed-effect experiment is an error rather than silently ignored.
+
 =================  ====================================================================
 experiment         setting
 =================  ====================================================================
@@ -9,42 +14,74 @@ mets-logistic      paper Fig. 2 (right): logistic rewards; meTS-GLM, meTS-GLM-Fa
                    meTS-Lin, HierTS, GLM-TS, UCB-GLM
 =================  ====================================================================
 
-Prior: μ_Ψ = 0, Σ_Ψ = 3 I, Σ_0 = I, σ = 1, b_{iℓ} ~ U[-1, 1] drawn per run; contexts
-U[-1, 1]^d shared by the actions (``context="pool"`` gives the authors' per-action pool).
+Mixed-effect prior: μ_Ψ = 0, Σ_Ψ = 3 I, Σ_0 = I, σ = 1, b_{iℓ} ~ U[-1, 1] drawn per run;
+contexts U[-1, 1]^d shared by the actions (``context="pool"`` gives the authors'
+per-action pool). Other modules add their experiments with :func:`register_experiment`.
 """
 
 from __future__ import annotations
 
 import time
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from ppl_bandits.agents import make_agent, resolve_agent_name
-from ppl_bandits.environments import mixed_effect_environment
 from ppl_bandits.runner import SimulationResult, draw_problems, simulate
 from ppl_bandits.types import Agent, Environment
 
-__all__ = ["EXPERIMENTS", "ExperimentResult", "build_experiment", "run_experiment"]
+__all__ = [
+    "EXPERIMENTS",
+    "ExperimentResult",
+    "ExperimentSpec",
+    "build_experiment",
+    "check_positive_ints",
+    "cumulative_regret",
+    "list_experiments",
+    "register_experiment",
+    "resolve_experiment",
+    "run_experiment",
+]
 
 
-class _Spec(NamedTuple):
-    reward: str
-    agents: tuple[str, ...]
+class ExperimentSpec(NamedTuple):
+    """A named experiment.
+
+    ``defaults`` lists every option the experiment takes with its default (``num_runs``
+    and ``num_rounds`` always). ``build(settings, agents)`` returns the environment and the
+    agents; ``agents`` is None for the experiment's own list, or the names a user asked
+    for. ``metrics(settings, env, problems, result)``, if given, returns extra per-round
+    curves ``{metric: (rounds, values)}`` with ``values`` of shape (runs, len(rounds)),
+    written next to the regret by :mod:`ppl_bandits.report`.
+    """
+
+    name: str
+    description: str
     defaults: dict
+    build: Callable[[dict, Any], tuple[Environment, list[Agent]]]
+    metrics: Callable[..., dict] | None = None
+    title_keys: tuple[str, ...] = ("num_actions", "num_effects", "dim")
 
 
-_FIG2 = {"num_actions": 100, "num_effects": 3, "dim": 2, "num_rounds": 5000, "num_runs": 50}
+EXPERIMENTS: dict[str, ExperimentSpec] = {}
 
-EXPERIMENTS = {
-    "mets-linear": _Spec("linear", ("meTS-Lin", "meTS-Lin-Fa", "HierTS", "LinTS", "LinUCB"), _FIG2),
-    "mets-logistic": _Spec(
-        "logistic",
-        ("meTS-GLM", "meTS-GLM-Fa", "meTS-Lin", "HierTS", "GLM-TS", "UCB-GLM"),
-        _FIG2,
-    ),
-}
+
+def register_experiment(spec: ExperimentSpec) -> ExperimentSpec:
+    """Add ``spec`` to :data:`EXPERIMENTS` under its (lower-case) name."""
+    for key in ("num_runs", "num_rounds"):
+        if key not in spec.defaults:
+            raise ValueError(f"experiment {spec.name!r} has no default for {key!r}")
+    EXPERIMENTS[spec.name.lower()] = spec
+    return spec
+
+
+def check_positive_ints(settings: dict, keys) -> None:
+    """Raise a ValueError naming the first of ``keys`` that is not an integer >= 1."""
+    for k in keys:
+        v = settings[k]
+        if isinstance(v, bool) or int(v) != v or v < 1:
+            raise ValueError(f"{k} is {v!r}; expected an integer >= 1")
 
 
 class ExperimentResult(NamedTuple):
@@ -54,59 +91,49 @@ class ExperimentResult(NamedTuple):
     settings: dict
     results: dict[str, SimulationResult]
     wall_seconds: dict[str, float]
+    metrics: dict | None = None
+    """Extra curves: ``{metric: {agent: (rounds, values (runs, len(rounds)))}}`` or None."""
+
+
+def list_experiments() -> list[str]:
+    """Names of every registered experiment."""
+    _register_builtin()
+    return list(EXPERIMENTS)
 
 
 def resolve_experiment(name: str) -> str:
+    _register_builtin()
     key = str(name).lower()
     if key not in EXPERIMENTS:
         raise ValueError(f"experiment is {name!r}; expected one of {', '.join(EXPERIMENTS)}")
     return key
 
 
-def build_experiment(
-    name: str,
-    *,
-    num_actions=None,
-    num_effects=None,
-    dim=None,
-    num_rounds=None,
-    num_runs=None,
-    context: str = "shared",
-    agents=None,
-    factored_variant: str = "mean-field",
-) -> tuple[Environment, list[Agent], dict]:
-    """The environment, the agents and the resolved settings of a named experiment."""
+def build_experiment(name: str, *, agents=None, **options) -> tuple[Environment, list[Agent], dict]:
+    """The environment, the agents and the resolved settings of a named experiment.
+
+    ``options`` left as None take the experiment's defaults; an option the experiment does
+    not take raises a ValueError that lists the ones it does.
+    """
     spec = EXPERIMENTS[resolve_experiment(name)]
-    given = {
-        "num_actions": num_actions,
-        "num_effects": num_effects,
-        "dim": dim,
-        "num_rounds": num_rounds,
-        "num_runs": num_runs,
-    }
-    settings = {k: (v if v is not None else spec.defaults[k]) for k, v in given.items()}
-    for k, v in settings.items():
-        if int(v) != v or v < 1:
-            raise ValueError(f"{k} is {v!r}; expected an integer >= 1")
-    settings.update(context=context, reward=spec.reward, factored_variant=factored_variant)
-    env = mixed_effect_environment(
-        settings["num_actions"],
-        settings["num_effects"],
-        settings["dim"],
-        reward=spec.reward,
-        context=context,
-    )
-    names = spec.agents if agents is None else tuple(resolve_agent_name(a) for a in agents)
-    built = [
-        make_agent(n, horizon=settings["num_rounds"], factored_variant=factored_variant)
-        for n in names
-    ]
-    settings["agents"] = list(names)
+    unknown = sorted(k for k, v in options.items() if v is not None and k not in spec.defaults)
+    if unknown:
+        raise ValueError(
+            f"experiment {spec.name!r} does not take {', '.join(unknown)}; "
+            f"it takes {', '.join(sorted(spec.defaults))}"
+        )
+    settings = dict(spec.defaults)
+    settings.update({k: v for k, v in options.items() if v is not None})
+    check_positive_ints(settings, ("num_runs", "num_rounds"))
+    env, built = spec.build(settings, None if agents is None else tuple(agents))
+    settings["agents"] = [a.name for a in built]
+    settings["experiment"] = spec.name
     return env, built, settings
 
 
 def run_experiment(name: str, *, seed: int = 0, progress: bool = True, **kw) -> ExperimentResult:
     """Run every agent of an experiment on the same problems (common random numbers)."""
+    spec = EXPERIMENTS[resolve_experiment(name)]
     env, agents, settings = build_experiment(name, **kw)
     key = jax.random.key(seed)
     results, walls = {}, {}
@@ -114,6 +141,7 @@ def run_experiment(name: str, *, seed: int = 0, progress: bool = True, **kw) -> 
     problems = draw_problems(key, env, settings["num_runs"])
     jax.block_until_ready(problems)
     settings["draw_seconds"] = time.perf_counter() - t0
+    metrics: dict | None = None
     for agent in agents:
         t0 = time.perf_counter()
         res = simulate(
@@ -124,12 +152,16 @@ def run_experiment(name: str, *, seed: int = 0, progress: bool = True, **kw) -> 
             num_runs=settings["num_runs"],
             progress=progress,
             problems=problems,
+            checkpoints=settings.get("checkpoints", ()),
         )
         jax.block_until_ready(res.regret)
         walls[agent.name] = time.perf_counter() - t0
-        results[agent.name] = res
+        if spec.metrics is not None:
+            for metric, curve in spec.metrics(settings, env, problems, agent, res).items():
+                metrics.setdefault(metric, {})[agent.name] = curve
+        results[agent.name] = res._replace(checkpoint_states={})  # keep memory bounded
     settings["seed"] = seed
-    return ExperimentResult(resolve_experiment(name), settings, results, walls)
+    return ExperimentResult(spec.name, settings, results, walls, metrics)
 
 
 def cumulative_regret(result: SimulationResult) -> tuple[np.ndarray, np.ndarray]:
@@ -138,3 +170,88 @@ def cumulative_regret(result: SimulationResult) -> tuple[np.ndarray, np.ndarray]
     R = cum.shape[0]
     se = cum.std(axis=0, ddof=1) / np.sqrt(R) if R > 1 else np.full(cum.shape[1], np.nan)
     return cum.mean(axis=0), se
+
+
+# --------------------------------------------------------------------------------------
+# The mixed-effect experiments (Aouali et al. 2023, Fig. 2)
+# --------------------------------------------------------------------------------------
+
+_FIG2 = {
+    "num_actions": 100,
+    "num_effects": 3,
+    "dim": 2,
+    "num_rounds": 5000,
+    "num_runs": 50,
+    "context": "shared",
+    "factored_variant": "mean-field",
+}
+
+
+def _mixed_effect_builder(reward: str, default_agents: tuple[str, ...]):
+    def build(settings: dict, agents):
+        from ppl_bandits.agents import make_agent, resolve_agent_name
+        from ppl_bandits.environments import mixed_effect_environment
+
+        check_positive_ints(settings, ("num_actions", "num_effects", "dim"))
+        if settings["factored_variant"] not in ("mean-field", "published"):
+            raise ValueError(
+                f"factored_variant is {settings['factored_variant']!r}; "
+                "expected mean-field or published"
+            )
+        settings["reward"] = reward
+        env = mixed_effect_environment(
+            settings["num_actions"],
+            settings["num_effects"],
+            settings["dim"],
+            reward=reward,
+            context=settings["context"],
+        )
+        names = default_agents if agents is None else tuple(resolve_agent_name(a) for a in agents)
+        built = [
+            make_agent(
+                n, horizon=settings["num_rounds"], factored_variant=settings["factored_variant"]
+            )
+            for n in names
+        ]
+        return env, built
+
+    return build
+
+
+_BUILTIN_DONE = False
+
+
+def _register_builtin() -> None:
+    """Register the experiments of every module once (lazily, to keep imports light)."""
+    global _BUILTIN_DONE
+    if _BUILTIN_DONE:
+        return
+    _BUILTIN_DONE = True
+    register_experiment(
+        ExperimentSpec(
+            "mets-linear",
+            "paper Fig. 2 (left), Gaussian rewards",
+            _FIG2,
+            _mixed_effect_builder(
+                "linear", ("meTS-Lin", "meTS-Lin-Fa", "HierTS", "LinTS", "LinUCB")
+            ),
+        )
+    )
+    register_experiment(
+        ExperimentSpec(
+            "mets-logistic",
+            "paper Fig. 2 (right), logistic rewards",
+            _FIG2,
+            _mixed_effect_builder(
+                "logistic", ("meTS-GLM", "meTS-GLM-Fa", "meTS-Lin", "HierTS", "GLM-TS", "UCB-GLM")
+            ),
+        )
+    )
+    import importlib
+
+    for module in _EXPERIMENT_MODULES:
+        importlib.import_module(module).register_experiments(register_experiment)
+
+
+#: Modules with a ``register_experiments(register)`` function, imported on first use.
+_EXPERIMENT_MODULES: tuple[str, ...] = ()

@@ -1,4 +1,5 @@
-"""Result files of ``ppl-bandits simulate``: regret.csv, regret.png and summary.json."""
+"""Result files of ``ppl-bandits simulate``: regret.csv, regret.png and summary.json, plus
+metrics.csv and metric_<name>.png when the experiment records extra curves."""
 
 from __future__ import annotations
 
@@ -7,17 +8,35 @@ from pathlib import Path
 
 import numpy as np
 
-from ppl_bandits.experiments import ExperimentResult, cumulative_regret
+from ppl_bandits.experiments import EXPERIMENTS, ExperimentResult, cumulative_regret
 from ppl_bandits.provenance import collect_versions, write_json
 
 __all__ = ["write_simulation_report"]
+
+_SHORT = {"num_actions": "K", "num_effects": "L", "dim": "d", "num_arms": "N"}
+
+
+def _title(result: ExperimentResult) -> str:
+    s = result.settings
+    spec = EXPERIMENTS.get(result.name)
+    keys = spec.title_keys if spec is not None else ()
+    parts = [f"{_SHORT.get(k, k)}={s[k]}" for k in keys if k in s]
+    return f"{result.name}: " + ", ".join([*parts, f"{s['num_runs']} runs (±2 se)"])
+
+
+def _mean_se(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    values = np.asarray(values, np.float64)
+    R = values.shape[0]
+    se = values.std(axis=0, ddof=1) / np.sqrt(R) if R > 1 else np.full(values.shape[1:], np.nan)
+    return values.mean(axis=0), se
 
 
 def write_simulation_report(
     result: ExperimentResult, out_dir, *, command: str, total_seconds: float
 ) -> dict:
     """Write DIR/regret.csv (agent, round, mean, se of the cumulative regret), DIR/regret.png
-    and DIR/summary.json; return the summary."""
+    and DIR/summary.json (and DIR/metrics.csv with a PNG per extra metric); return the
+    summary."""
     from ppl_bandits.plotting import subplots
 
     out = Path(out_dir)
@@ -39,21 +58,41 @@ def write_simulation_report(
                 "final_regret_se": float(se[-1]),
                 "wall_seconds": result.wall_seconds[name],
             }
-    s = result.settings
     ax.set_xlabel("round")
     ax.set_ylabel("cumulative expected regret")
-    ax.set_title(
-        f"{result.name}: K={s['num_actions']}, L={s['num_effects']}, d={s['dim']}, "
-        f"{s['num_runs']} runs (±2 se)",
-        fontsize=9,
-    )
+    ax.set_title(_title(result), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "regret.png", dpi=120)
+    files = ["regret.csv", "regret.png", "summary.json"]
+    if result.metrics:
+        with open(out / "metrics.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["metric", "agent", "round", "mean", "se"])
+            for metric, per_agent in result.metrics.items():
+                fig, ax = subplots(figsize=(6.4, 4.2))
+                for name, (rounds, values) in per_agent.items():
+                    mean, se = _mean_se(values)
+                    for t, m, e in zip(rounds, mean, se, strict=True):
+                        w.writerow([metric, name, int(t), f"{m:.6g}", f"{e:.6g}"])
+                    ax.plot(rounds, mean, label=name)
+                    ax.fill_between(rounds, mean - 2 * se, mean + 2 * se, alpha=0.2)
+                    agents[name][f"final_{metric}_mean"] = float(mean[-1])
+                    agents[name][f"final_{metric}_se"] = float(se[-1])
+                ax.set_xlabel("round")
+                ax.set_ylabel(metric.replace("_", " "))
+                ax.set_title(_title(result), fontsize=9)
+                ax.legend(fontsize=8)
+                fig.tight_layout()
+                fig.savefig(out / f"metric_{metric}.png", dpi=120)
+                files.append(f"metric_{metric}.png")
+        files.append("metrics.csv")
+    s = result.settings
     summary = {
         "experiment": result.name,
         "agents": agents,
         "settings": s,
+        "files": files,
         "wall_seconds": total_seconds,
         "command": command,
         "seed": s["seed"],

@@ -92,7 +92,7 @@ def _make_chunk(env: Environment, agent: Agent, length: int):
         # Agent-specific keys: mix in the agent's name so two agents never share noise.
         k_act = jax.random.fold_in(k_act, _name_salt(agent.name))
         k_upd = jax.random.fold_in(k_upd, _name_salt(agent.name))
-        ctx = env.contexts(k_ctx, params)
+        ctx = env.contexts(k_ctx, params, t)
         a = agent.act(k_act, state, ctx)
         means = env.mean_rewards(params, ctx)
         y = env.reward(k_rew, params, ctx, a)

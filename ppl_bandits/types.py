@@ -13,7 +13,8 @@ An environment draws a problem and then serves rounds:
 
 - ``draw(key) -> (prior, params)``: the prior the agents are told and the true
   parameters, drawn from the generative model.
-- ``contexts(key, params) -> (K, d)``.
+- ``contexts(key, params, t) -> (K, d)``: ``t`` is the round index (0-based, traced), so
+  non-iid context sequences (drift) can depend on it; iid environments ignore it.
 - ``mean_rewards(params, contexts) -> (K,)``: expected rewards, used for expected regret.
 - ``reward(key, params, contexts, action) -> ()``: a realized reward.
 
