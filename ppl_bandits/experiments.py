@@ -254,4 +254,7 @@ def _register_builtin() -> None:
 
 
 #: Modules with a ``register_experiments(register)`` function, imported on first use.
-_EXPERIMENT_MODULES: tuple[str, ...] = ()
+_EXPERIMENT_MODULES: tuple[str, ...] = (
+    "ppl_bandits.linear_contextual",
+    "ppl_bandits.dts_experiments",
+)

@@ -986,3 +986,7 @@ def hcsa_experiment_agents(
         hy_ran(p=hyran_p),
         sup_lin_ucb(horizon=horizon),
     ]
+
+
+def register_experiments(register) -> None:
+    """Register the HCSA experiments with ``register`` (an ExperimentSpec sink)."""
