@@ -141,7 +141,7 @@ def run_experiment(name: str, *, seed: int = 0, progress: bool = True, **kw) -> 
     problems = draw_problems(key, env, settings["num_runs"])
     jax.block_until_ready(problems)
     settings["draw_seconds"] = time.perf_counter() - t0
-    metrics: dict | None = None
+    metrics: dict | None = None if spec.metrics is None else {}
     for agent in agents:
         t0 = time.perf_counter()
         res = simulate(

@@ -10,7 +10,7 @@ function of this module, so a reader with the original paper changes it in one p
 =====================================  ====================================================
 rank of the other arms' Gram matrix    :func:`rank_tolerance` (``rank_rtol``)
 orthonormal completion (Gram–Schmidt)  :func:`orthonormal_completion`
-augmentation schedule h_t = c log(t+1) :func:`augmentation_budget` (``aug_scale``, ``schedule``)
+augmentation h_t = c log(t+1)          :func:`augmentation_budget` (``aug_scale``, ``schedule``)
 trial bound ρ_t of CAS                 :func:`max_trials`
 reference estimator θ̌ (eq. 10)         :func:`ridge_reference` (``lam``, ``reference``)
 pseudo-rewards (eqs. 11 and 14)        :func:`dr_pseudo_rewards`, :func:`coupled_pseudo_rewards`
@@ -730,7 +730,7 @@ class HCSAState(NamedTuple):
     round: jax.Array
     """() int32: t, the number of completed rounds."""
     num_augmented: jax.Array
-    """() int32: |A_t|, rounds that joined the augmentation set."""
+    """() int32: :math:`|A_t|`, rounds that joined the augmentation set."""
     num_matched: jax.Array
     """() int32: number of rounds with the matching event M_s."""
     total_trials: jax.Array

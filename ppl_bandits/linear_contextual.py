@@ -21,6 +21,12 @@ Agents (all ``(init, act, update)`` with NamedTuple states, jit- and vmap-compat
 (OFUL, Abbasi-Yadkori, Pál, Szepesvári 2011), :func:`drts` (Kim, Kim, Paik 2021),
 :func:`hy_ran` (Kim, Paik, Oh 2023), :func:`sup_lin_ucb` (Chu, Li, Reyzin, Schapire 2011),
 :func:`uniform_random`, and HCSA+TS from :mod:`ppl_bandits.hcsa`.
+
+Experiments (``ppl-bandits simulate hcsa``, ``hcsa-drift``, ``hcsa-low-rank``; see
+:func:`register_experiments`): the six agents of :func:`hcsa_experiment_agents`, the
+cumulative regret and the maximum prediction error :math:`\max_k |x_k^\top(\hat\theta_t -
+\theta^*)|` (:func:`prediction_error_curve`) with the agents' estimates read by
+:func:`point_estimate`.
 """
 
 from __future__ import annotations
@@ -40,12 +46,14 @@ from models.linear_bandit import (
     sample_linear_bandit_parameters,
 )
 from ppl_bandits.hcsa import (
+    HCSAState,
     _check_action,
     _check_positive,
     _check_reward,
     _prior_dim_dtype,
     check_contexts,
     check_probability,
+    hcsa_estimate,
     hcsa_ts,
     max_trials,
     serial_after,
@@ -54,6 +62,8 @@ from ppl_bandits.types import Agent, Environment
 
 __all__ = [
     "ENVIRONMENT_KINDS",
+    "HCSA_DEFAULTS",
+    "PREDICTION_ERROR_SALT",
     "THETA_PRIORS",
     "DRTSState",
     "HyRanState",
@@ -62,6 +72,7 @@ __all__ = [
     "LinearContextualParams",
     "SupLinUCBState",
     "UniformState",
+    "checkpoint_rounds",
     "drts",
     "drts_selection_probs",
     "hcsa_environment",
@@ -71,6 +82,10 @@ __all__ = [
     "lin_ts_posterior",
     "lin_ucb",
     "oful_radius",
+    "point_estimate",
+    "prediction_error",
+    "prediction_error_curve",
+    "register_experiments",
     "sup_lin_ucb",
     "uniform_random",
 ]
@@ -551,6 +566,9 @@ class DRTSState(NamedTuple):
     """(d,) Σ_s x_{s,a_s} y_s."""
     round: jax.Array
     """() int32: t, rounds completed."""
+    lam: jax.Array
+    """() λ of the main estimator's regularization λ√(t − 1) (so :func:`point_estimate`
+    reads β̂ from the state alone)."""
 
 
 _GH_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -561,6 +579,11 @@ def _gauss_hermite(n: int):
         z, w = np.polynomial.hermite_e.hermegauss(n)
         _GH_CACHE[n] = (z, w / math.sqrt(2.0 * math.pi))
     return _GH_CACHE[n]
+
+
+def _drts_reg(state: DRTSState):
+    """λ√(t − 1) for the coming round t = ``state.round`` + 1 (λ√1 in round 1)."""
+    return state.lam * jnp.sqrt(jnp.maximum(state.round, 1).astype(state.lam.dtype))
 
 
 def drts_selection_probs(means, sds, num_quadrature: int = 64):
@@ -576,22 +599,31 @@ def drts_selection_probs(means, sds, num_quadrature: int = 64):
     >>> bool(jnp.allclose(p, 0.25, atol=1e-4))
     True
     """
+    raw = _drts_raw_probs(means, sds, num_quadrature)
+    return raw / jnp.sum(raw)
+
+
+def _drts_raw_probs(means, sds, num_quadrature: int, arms=None):
+    """Un-normalized quadrature of π_i for the ``arms`` (default: all), shape (len(arms),).
+
+    Row i costs N·Q normal log-CDFs, so an agent that needs π of one arm computes one row.
+    """
     z, w = _gauss_hermite(num_quadrature)
     dtype = jnp.result_type(means.dtype, jnp.float32)
     z = jnp.asarray(z, dtype)
     w = jnp.asarray(w, dtype)
-    s = means[:, None] + sds[:, None] * z[None, :]  # (N, Q) score of arm i at node q
-    diff = s[:, None, :] - means[None, :, None]  # (N_i, N_j, Q)
-    pos = sds > 0
-    safe = jnp.where(pos, sds, 1.0)[None, :, None]
-    logcdf = jnp.where(
-        pos[None, :, None], log_ndtr(diff / safe), jnp.where(diff > 0, 0.0, -jnp.inf)
-    )
     N = means.shape[0]
-    logcdf = jnp.where(jnp.eye(N, dtype=bool)[:, :, None], 0.0, logcdf)
-    integrand = jnp.exp(jnp.sum(logcdf, axis=1))  # (N, Q)
-    pi = integrand @ w
-    return pi / jnp.sum(pi)
+    pos = sds > 0
+    safe = jnp.where(pos, sds, 1.0)[:, None]
+
+    def integrand(i):  # (Q,): prod_{j != i} Phi((m_i + s_i z - m_j) / s_j) at the nodes
+        diff = (means[i] + sds[i] * z)[None, :] - means[:, None]  # (N_j, Q)
+        logcdf = jnp.where(pos[:, None], log_ndtr(diff / safe), jnp.where(diff > 0, 0.0, -jnp.inf))
+        logcdf = jnp.where((jnp.arange(N) == i)[:, None], 0.0, logcdf)
+        return jnp.exp(jnp.sum(logcdf, axis=0))
+
+    arms = jnp.arange(N) if arms is None else jnp.asarray(arms)
+    return jax.vmap(integrand)(arms) @ w
 
 
 def drts(
@@ -617,7 +649,9 @@ def drts(
 
     use the exact probability :math:`\tilde\pi_a` that the resampling plays a:
     :math:`(\pi_a/\pi_S)(1 - (1-\pi_S)^{M_t})` for a ∈ S = {π > γ} and
-    :math:`\pi_a(1-\pi_S)^{M_t - 1}` otherwise. Estimator
+    :math:`\pi_a(1-\pi_S)^{M_t - 1}` otherwise. Eligibility π_a > γ is tested on the
+    quadrature before renormalization, the same number in ``act`` (which computes π of the
+    drawn arm only) and ``update``. Estimator
     :math:`\hat\beta_t = (F_t + \lambda\sqrt{t}\,I)^{-1}\sum_s\sum_i x_{s,i}Y^{DR}_{s,i}`,
     imputation β̌ = ridge (``ref_lam``) on the played pairs. Round 1 uses λ√1 (the
     paper's λ√(t−1) vanishes there).
@@ -661,39 +695,43 @@ def drts(
             )
         return gamma
 
-    def _probs(state: DRTSState, contexts, after=()):
+    def _scores(state: DRTSState, contexts, after=()):
         d = state.moment.shape[0]
-        t = state.round + 1
-        reg = lam * jnp.sqrt(jnp.maximum(t - 1, 1).astype(contexts.dtype))
-        V = serial_after(state.gram_all + reg * jnp.eye(d, dtype=contexts.dtype), *after)
+        V = serial_after(
+            state.gram_all + _drts_reg(state) * jnp.eye(d, dtype=contexts.dtype), *after
+        )
         beta, widths2, _ = _chol_solve_and_widths(V, state.moment, contexts)
         means = contexts @ beta
         sds = v * jnp.sqrt(widths2)
-        return means, sds, drts_selection_probs(means, sds, nq)
+        return means, sds
 
     def init(key, prior) -> DRTSState:
         d, dtype = _prior_dim_dtype(prior)
         z = jnp.zeros((d, d), dtype)
-        return DRTSState(z, jnp.zeros((d,), dtype), z, jnp.zeros((d,), dtype), jnp.int32(0))
+        zv = jnp.zeros((d,), dtype)
+        return DRTSState(z, zv, z, zv, jnp.int32(0), jnp.asarray(lam, dtype))
 
     def act(key, state: DRTSState, contexts):
         contexts = _prepare(state.moment.shape[0], state.moment.dtype, contexts)
         N = contexts.shape[0]
         g = _gamma(N)
-        means, sds, pi = _probs(state, contexts)
+        means, sds = _scores(state, contexts)
         M = max_trials(state.round + 1, g, delta)
 
         def cond(c):
-            m, a = c
-            return (m == 0) | ((pi[a] <= g) & (m < M))
+            m, _, pi_a = c
+            return (m == 0) | ((pi_a <= g) & (m < M))
 
         def body(c):
-            m, _ = c
+            m, _, _ = c
             m = m + 1
             xi = jax.random.normal(jax.random.fold_in(key, m), (N,), means.dtype)
-            return m, jnp.argmax(means + sds * xi).astype(jnp.int32)
+            a = jnp.argmax(means + sds * xi).astype(jnp.int32)
+            # π of the drawn arm only (one quadrature row): the eligibility test of update
+            return m, a, _drts_raw_probs(means, sds, nq, a[None])[0]
 
-        _, a = jax.lax.while_loop(cond, body, (jnp.int32(0), jnp.int32(0)))
+        init = (jnp.int32(0), jnp.int32(0), jnp.zeros((), means.dtype))
+        _, a, _ = jax.lax.while_loop(cond, body, init)
         return a
 
     def update(key, state: DRTSState, contexts, action, reward) -> DRTSState:
@@ -702,9 +740,11 @@ def drts(
         N = contexts.shape[0]
         g = _gamma(N)
         # recompute π after act's LAPACK calls (see hcsa.serial_after): depend on the action
-        _, _, pi = _probs(state, contexts, after=(action,))
+        means, sds = _scores(state, contexts, after=(action,))
+        raw = _drts_raw_probs(means, sds, nq)
+        pi = raw / jnp.sum(raw)
         M = max_trials(state.round + 1, g, delta).astype(contexts.dtype)
-        eligible = pi > g
+        eligible = raw > g  # the test act applies to the drawn arm
         pi_s = jnp.sum(jnp.where(eligible, pi, 0.0))
         miss = 1.0 - pi_s
         p_a = jnp.where(
@@ -723,6 +763,7 @@ def drts(
             state.ref_gram + jnp.outer(x, x),
             state.ref_moment + reward * x,
             state.round + 1,
+            state.lam,
         )
 
     return Agent(name, init, act, update)
@@ -743,7 +784,17 @@ class HyRanState(NamedTuple):
     round: jax.Array
     """() int32: t, rounds completed."""
     num_full: jax.Array
-    """() int32: |Ψ_t|, rounds that used the contexts of all arms."""
+    """() int32: ``|Ψ_t|``, rounds that used the contexts of all arms."""
+    reg_const: jax.Array
+    """() c₀ of the main estimator's regularization λ_t = c₀ + c₁ log(t + 1)."""
+    reg_log: jax.Array
+    """() c₁ (2d by default, 0 when a fixed ``lam`` is given)."""
+
+
+def _hy_ran_reg(state: HyRanState):
+    """λ_t = c₀ + c₁ log(t + 1) for the coming round t = ``state.round`` + 1."""
+    t = (state.round + 1).astype(state.reg_log.dtype)
+    return state.reg_const + state.reg_log * jnp.log(t + 1.0)
 
 
 def hy_ran(
@@ -799,16 +850,20 @@ def hy_ran(
 
     def init(key, prior) -> HyRanState:
         d, dtype = _prior_dim_dtype(prior)
+        c0, c1 = (0.0, 2.0 * d) if lam is None else (lam, 0.0)
         return HyRanState(
-            jnp.zeros((d, d), dtype), jnp.zeros((d,), dtype), jnp.int32(0), jnp.int32(0)
+            jnp.zeros((d, d), dtype),
+            jnp.zeros((d,), dtype),
+            jnp.int32(0),
+            jnp.int32(0),
+            jnp.asarray(c0, dtype),
+            jnp.asarray(c1, dtype),
         )
 
     def act(key, state: HyRanState, contexts):
         d = state.moment.shape[0]
         contexts = _prepare(d, state.moment.dtype, contexts)
-        t = (state.round + 1).astype(contexts.dtype)
-        reg = 2.0 * d * jnp.log(t + 1.0) if lam is None else lam
-        return jnp.argmax(contexts @ _estimate(state, reg)).astype(jnp.int32)
+        return jnp.argmax(contexts @ _estimate(state, _hy_ran_reg(state))).astype(jnp.int32)
 
     def update(key, state: HyRanState, contexts, action, reward) -> HyRanState:
         d = state.moment.shape[0]
@@ -827,6 +882,8 @@ def hy_ran(
             state.moment + jnp.where(full, contexts.T @ y_dr, reward * x),
             state.round + 1,
             state.num_full + full.astype(jnp.int32),
+            state.reg_const,
+            state.reg_log,
         )
 
     return Agent(name, init, act, update)
@@ -846,6 +903,9 @@ class SupLinUCBState(NamedTuple):
     """(S, d) Σ_{τ∈Ψ^s} x_τ y_τ."""
     round: jax.Array
     """() int32: rounds completed."""
+    inv_grams: jax.Array
+    """(S, d, d) A_s⁻¹, kept by Sherman–Morrison rank-one updates (no factorization per
+    round)."""
 
 
 def sup_lin_ucb(
@@ -862,7 +922,10 @@ def sup_lin_ucb(
     for the surviving arms Â_s: (a) if all w_i ≤ 1/√T play argmax(r̂ + w) and update no
     stage; (b) else if all w_i ≤ 2^{-s} keep the arms with r̂ + w ≥ max(r̂ + w) − 2^{1−s} and
     go to stage s + 1; (c) else play an arm with w_i > 2^{-s} (the widest) and add the
-    round to Ψ^s. ``update`` replays this deterministic selection to find the stage.
+    round to Ψ^s. ``update`` replays this deterministic selection to find the stage. The
+    inverses A_s⁻¹ are kept by Sherman–Morrison updates,
+    :math:`A^{-1} \leftarrow A^{-1} - A^{-1}xx^\top A^{-1}/(1 + x^\top A^{-1}x)`, so a round
+    costs O(S N d²) and no LAPACK call.
 
     Parameters
     ----------
@@ -887,9 +950,8 @@ def sup_lin_ucb(
         alpha = _check_positive("alpha", alpha)
     S = max(1, math.ceil(math.log(T)))
 
-    def _select(state: SupLinUCBState, contexts, after=()):
+    def _select(state: SupLinUCBState, contexts):
         N = contexts.shape[0]
-        grams = serial_after(state.grams, *after)
         a_conf = math.sqrt(0.5 * math.log(2.0 * T * N / delta)) if alpha is None else alpha
         cand = jnp.ones((N,), bool)
         done = jnp.array(False)
@@ -897,12 +959,11 @@ def sup_lin_ucb(
         stage = jnp.int32(-1)  # −1: no stage is updated
         neg = -jnp.inf
         last_ucb = jnp.zeros((N,), contexts.dtype)
-        # all stages at once: one batched Cholesky and two dependent batched solves
-        theta, widths2, _ = jax.vmap(_chol_solve_and_widths, in_axes=(0, 0, None))(
-            grams, state.moments, contexts
-        )
+        # all stages at once from the kept inverses
+        theta = jnp.einsum("sij,sj->si", state.inv_grams, state.moments)
         r_hats = theta @ contexts.T  # (S, N)
-        ws = (a_conf + 1.0) * jnp.sqrt(widths2)  # (S, N)
+        widths2 = jnp.einsum("ni,sij,nj->sn", contexts, state.inv_grams, contexts)
+        ws = (a_conf + 1.0) * jnp.sqrt(jnp.maximum(widths2, 0.0))  # (S, N)
         for s in range(S):
             r_hat, w = r_hats[s], ws[s]
             ucb = r_hat + w
@@ -927,7 +988,7 @@ def sup_lin_ucb(
     def init(key, prior) -> SupLinUCBState:
         d, dtype = _prior_dim_dtype(prior)
         grams = jnp.broadcast_to(jnp.eye(d, dtype=dtype), (S, d, d))
-        return SupLinUCBState(grams, jnp.zeros((S, d), dtype), jnp.int32(0))
+        return SupLinUCBState(grams, jnp.zeros((S, d), dtype), jnp.int32(0), grams)
 
     def act(key, state: SupLinUCBState, contexts):
         contexts = _prepare(state.moments.shape[1], state.moments.dtype, contexts)
@@ -936,16 +997,160 @@ def sup_lin_ucb(
     def update(key, state: SupLinUCBState, contexts, action, reward) -> SupLinUCBState:
         d = state.moments.shape[1]
         contexts, reward = _prepare_update(d, state.moments.dtype, contexts, action, reward)
-        _, stage = _select(state, contexts, after=(action,))  # after act's LAPACK calls
+        _, stage = _select(state, contexts)
         x = contexts[action]
         onehot = (jnp.arange(S) == stage).astype(contexts.dtype)
+        Ax = state.inv_grams @ x  # (S, d)
+        shrink = Ax[:, :, None] * Ax[:, None, :] / (1.0 + Ax @ x)[:, None, None]
         return SupLinUCBState(
             state.grams + onehot[:, None, None] * jnp.outer(x, x)[None],
             state.moments + onehot[:, None] * (reward * x)[None],
             state.round + 1,
+            state.inv_grams - onehot[:, None, None] * shrink,
         )
 
     return Agent(name, init, act, update)
+
+
+# --------------------------------------------------------------------------------------
+# Point estimates and the prediction error (Kim 2025, Sec. 6, Fig. 3)
+# --------------------------------------------------------------------------------------
+
+
+def point_estimate(state):
+    r"""The point estimate θ̂ an agent's state holds for the coming round (d,), vmap-compatible.
+
+    One function for every agent of the HCSA comparison, chosen by the state's type:
+
+    - :class:`~ppl_bandits.hcsa.HCSAState`: :func:`ppl_bandits.hcsa.hcsa_estimate`,
+      :math:`V_t^{+}W_t` (eq. 15), the centre of the Thompson sample;
+    - :class:`LinTSState`: the posterior mean :math:`G^{-1}B` (the ridge estimate in ridge
+      mode);
+    - :class:`LinUCBState`: :math:`V_t^{-1}\sum_s x_s y_s`, :math:`V_t = \lambda I + \sum_s
+      x_s x_s^\top`;
+    - :class:`DRTSState`: :math:`(F_t + \lambda\sqrt{t}\,I)^{-1}\sum_s\sum_i x_{s,i}
+      Y^{DR}_{s,i}`, the β̂ of the next round's sampling;
+    - :class:`HyRanState`: (hybrid Gram + :math:`\lambda_{t+1}` I)⁻¹ (hybrid moment), the β̂
+      of the next round's greedy choice;
+    - :class:`SupLinUCBState`: pooled ridge over the stages,
+      :math:`(I + \sum_s (A_s - I))^{-1}\sum_s b_s` (our choice: SupLinUCB keeps one
+      estimate per stage and plays none of them alone).
+
+    Raises
+    ------
+    ValueError
+        For a state without a point estimate (e.g. uniform play), naming its type.
+
+    Examples
+    --------
+    >>> s = LinTSState(4.0 * jnp.eye(2), jnp.array([4.0, 0.0]), jnp.float32(1.0))
+    >>> point_estimate(s)
+    Array([1., 0.], dtype=float32)
+    """
+    if isinstance(state, HCSAState):
+        return hcsa_estimate(state.gram, state.moment)
+    if isinstance(state, LinTSState):
+        return _spd_solve(state.precision, state.moment)
+    if isinstance(state, LinUCBState):
+        return _spd_solve(state.gram, state.moment)
+    if isinstance(state, DRTSState):
+        d = state.moment.shape[-1]
+        reg = _drts_reg(state)[..., None, None] * jnp.eye(d, dtype=state.moment.dtype)
+        return _spd_solve(state.gram_all + reg, state.moment)
+    if isinstance(state, HyRanState):
+        d = state.moment.shape[-1]
+        reg = _hy_ran_reg(state)[..., None, None] * jnp.eye(d, dtype=state.moment.dtype)
+        return _spd_solve(state.gram + reg, state.moment)
+    if isinstance(state, SupLinUCBState):
+        S, d = state.moments.shape[-2:]
+        eye = jnp.eye(d, dtype=state.moments.dtype)
+        pooled = jnp.sum(state.grams, axis=-3) - (S - 1) * eye
+        return _spd_solve(pooled, jnp.sum(state.moments, axis=-2))
+    raise ValueError(
+        f"state is a {type(state).__name__}; expected the state of HCSA+TS, LinTS, LinUCB, "
+        "DRTS, HyRan or SupLinUCB (the agents with a point estimate)"
+    )
+
+
+def _spd_solve(A, b):
+    """A⁻¹b for a symmetric positive definite A: one Cholesky and two dependent solves."""
+    L = jnp.linalg.cholesky(A)
+    half = solve_triangular(L, b[..., None], lower=True)
+    return solve_triangular(jnp.swapaxes(L, -1, -2), half, lower=False)[..., 0]
+
+
+#: Salt of the keys of the contexts on which the prediction error is measured
+#: (``fold_in(run_key, PREDICTION_ERROR_SALT)``); the runner uses salts 0, 1 and 2.
+PREDICTION_ERROR_SALT = 0x5EED
+
+
+def prediction_error(theta_hat, theta, contexts):
+    r"""Maximum prediction error over the arms, :math:`\max_k |x_k^\top(\hat\theta - \theta^*)|`.
+
+    Parameters
+    ----------
+    theta_hat, theta : arrays (..., d)
+    contexts : array (..., N, d)
+
+    >>> prediction_error(jnp.array([1.0, 0.0]), jnp.zeros(2), jnp.array([[0.5, 1.0], [-2.0, 0.0]]))
+    Array(2., dtype=float32)
+    """
+    return jnp.max(jnp.abs(contexts @ (theta_hat - theta)[..., :, None])[..., 0], axis=-1)
+
+
+def prediction_error_curve(env: Environment, problems, states: dict, *, draws: int = 1):
+    r"""Prediction error of the states kept at checkpoints: (rounds, values of shape (R, C)).
+
+    For the state after t rounds (the estimate θ̂_t the agent brings to round t + 1),
+
+    .. math:: e_t = \frac1D\sum_{j=1}^{D}\max_k |x^{(j)}_{k}{}^\top(\hat\theta_t - \theta^*)|,
+
+    with :math:`x^{(j)}` ~ the environment's contexts of round index t (0-based, so the
+    drifting environment is at the right phase), drawn with the keys
+    ``fold_in(fold_in(fold_in(run_key, PREDICTION_ERROR_SALT), t), j)``: the same contexts for
+    every agent (common random numbers), independent of the simulation's own draws. D = 1
+    is the paper's metric (Fig. 3) with a fresh context set; D > 1 averages out the context
+    draw, with the same expectation.
+
+    Parameters
+    ----------
+    env : Environment
+    problems : ppl_bandits.runner.Problems
+    states : dict {t: state with leading axis R}
+    draws : int >= 1
+        D, context sets per checkpoint.
+    """
+    draws = _check_int("draws", draws, 1)
+    rounds = np.array(sorted(states), dtype=np.int64)
+    if rounds.size == 0:
+        raise ValueError("states is empty; expected {round: state} for at least one round")
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *(states[t] for t in rounds))
+    values = _prediction_error_fn(env, draws)(
+        stacked, jnp.asarray(rounds, jnp.int32), problems.params, problems.run_keys
+    )
+    return rounds, np.asarray(values).T
+
+
+_PE_CACHE: dict = {}
+
+
+def _prediction_error_fn(env: Environment, draws: int):
+    key = (env, draws)
+    if key not in _PE_CACHE:
+
+        def one(state, t, params, run_key):  # one checkpoint, one run
+            theta_hat = point_estimate(state)
+            base = jax.random.fold_in(jax.random.fold_in(run_key, PREDICTION_ERROR_SALT), t)
+
+            def err(j):
+                x = env.contexts(jax.random.fold_in(base, j), params, t)
+                return prediction_error(theta_hat, params.theta.astype(x.dtype), x)
+
+            return jnp.mean(jax.vmap(err)(jnp.arange(draws)))
+
+        per_run = jax.vmap(one, in_axes=(0, None, 0, 0))
+        _PE_CACHE[key] = jax.jit(jax.vmap(per_run, in_axes=(0, 0, None, None)))
+    return _PE_CACHE[key]
 
 
 # --------------------------------------------------------------------------------------
@@ -963,12 +1168,18 @@ def hcsa_experiment_agents(
     lam: float = 1.0,
     aug_scale: float = 1.0,
     hyran_p: float = 0.5,
+    names=None,
 ) -> list[Agent]:
     """HCSA+TS and the baselines of Sec. 6 with one setting each.
 
     The paper tuned v (TS methods) and the confidence inflation α (LinUCB) on the grid
     {0.001, 0.01, 0.1, 1}; the defaults are single grid points, so rerun over the grid for a
     tuned comparison. SupLinUCB uses its theoretical α and needs the ``horizon``.
+
+    Parameters
+    ----------
+    names : sequence of str, optional
+        Agents to return, matched case-insensitively (default: all six, in order).
 
     Returns
     -------
@@ -977,16 +1188,137 @@ def hcsa_experiment_agents(
 
     >>> [a.name for a in hcsa_experiment_agents(horizon=100)]
     ['HCSA+TS', 'LinTS', 'LinUCB', 'DRTS', 'HyRan', 'SupLinUCB']
+    >>> [a.name for a in hcsa_experiment_agents(horizon=100, names=["linucb", "HCSA+TS"])]
+    ['LinUCB', 'HCSA+TS']
     """
-    return [
-        hcsa_ts(v=v, gamma=gamma, delta=delta, lam=lam, aug_scale=aug_scale),
-        lin_ts(v=v, lam=lam),
-        lin_ucb(alpha=alpha, lam=lam),
-        drts(v=v, lam=lam, delta=delta),
-        hy_ran(p=hyran_p),
-        sup_lin_ucb(horizon=horizon),
-    ]
+    factories = {
+        "HCSA+TS": lambda: hcsa_ts(v=v, gamma=gamma, delta=delta, lam=lam, aug_scale=aug_scale),
+        "LinTS": lambda: lin_ts(v=v, lam=lam),
+        "LinUCB": lambda: lin_ucb(alpha=alpha, lam=lam),
+        "DRTS": lambda: drts(v=v, lam=lam, delta=delta),
+        "HyRan": lambda: hy_ran(p=hyran_p),
+        "SupLinUCB": lambda: sup_lin_ucb(horizon=horizon),
+    }
+    if names is None:
+        return [make() for make in factories.values()]
+    lower = {k.lower(): k for k in factories}
+    out = []
+    for n in names:
+        if str(n).lower() not in lower:
+            raise ValueError(f"agent is {n!r}; expected one of {', '.join(factories)}")
+        out.append(factories[lower[str(n).lower()]]())
+    return out
+
+
+#: Defaults of the ``hcsa`` experiment (Kim 2025, Sec. 6; the numbers the extraction lost
+#: follow the DRTS and HyRan papers: d = N = 20, T = 20000, θ* ~ U(−1/√d, 1/√d)^d, 20 trials).
+HCSA_DEFAULTS = {
+    "num_rounds": 20_000,
+    "num_runs": 20,
+    "dim": 20,
+    "num_arms": 20,
+    "kind": "iid",
+    "mask_prob": 0.5,
+    "mask_dims": None,  # d // 2
+    "context_mean": 0.0,
+    "scale_low": 0.0,
+    "scale_high": 1.0,
+    "theta_prior": "uniform",
+    "noise_sd": 1.0,
+    "rank": None,  # max(1, d // 4), low_rank only
+    "drift_amplitude": 1.0,
+    "drift_period": 1000.0,
+    "v": 0.1,
+    "alpha": 0.1,
+    "gamma": 0.5,
+    "delta": 0.1,
+    "lam": 1.0,
+    "aug_scale": 1.0,
+    "hyran_p": 0.5,
+    "num_checkpoints": 40,
+    "error_draws": 10,
+}
+
+
+def checkpoint_rounds(num_rounds: int, num_checkpoints: int) -> tuple[int, ...]:
+    """Multiples of the smallest divisor s of T with T/s <= ``num_checkpoints``: s, 2s, ..., T.
+
+    A divisor keeps every simulation chunk the same length (one compilation).
+
+    >>> checkpoint_rounds(20_000, 40)[:3], len(checkpoint_rounds(20_000, 40))
+    ((500, 1000, 1500), 40)
+    >>> checkpoint_rounds(1001, 40)
+    (77, 154, 231, 308, 385, 462, 539, 616, 693, 770, 847, 924, 1001)
+    """
+    T = _check_int("num_rounds", num_rounds, 1)
+    n = _check_int("num_checkpoints", num_checkpoints, 1)
+    step = next(s for s in range(1, T + 1) if T % s == 0 and T // s <= n)
+    return tuple(range(step, T + 1, step))
+
+
+def _hcsa_builder(settings: dict, agents):
+    T, d = settings["num_rounds"], _check_int("dim", settings["dim"], 1)
+    settings["kind"] = str(settings["kind"]).replace("-", "_")  # low-rank or low_rank
+    env = hcsa_environment(
+        d,
+        settings["num_arms"],
+        kind=settings["kind"],
+        mask_prob=settings["mask_prob"],
+        mask_dims=settings["mask_dims"],
+        context_mean=settings["context_mean"],
+        scale_range=(settings["scale_low"], settings["scale_high"]),
+        theta_prior=settings["theta_prior"],
+        noise_sd=settings["noise_sd"],
+        rank=settings["rank"],
+        drift_amplitude=settings["drift_amplitude"],
+        drift_period=settings["drift_period"],
+    )
+    if settings["mask_dims"] is None:
+        settings["mask_dims"] = d // 2
+    if settings["rank"] is None and settings["kind"] == "low_rank":
+        settings["rank"] = max(1, d // 4)
+    _check_int("error_draws", settings["error_draws"], 1)
+    settings["checkpoints"] = checkpoint_rounds(T, settings["num_checkpoints"])
+    built = hcsa_experiment_agents(
+        horizon=T,
+        names=agents,
+        **{k: settings[k] for k in ("v", "alpha", "gamma", "delta", "lam", "aug_scale")},
+        hyran_p=settings["hyran_p"],
+    )
+    return env, built
+
+
+def _hcsa_metrics(settings, env, problems, agent, result) -> dict:
+    states = dict(result.checkpoint_states)
+    states.setdefault(settings["num_rounds"], result.state)
+    rounds, values = prediction_error_curve(env, problems, states, draws=settings["error_draws"])
+    return {"max_prediction_error": (rounds, values)}
 
 
 def register_experiments(register) -> None:
-    """Register the HCSA experiments with ``register`` (an ExperimentSpec sink)."""
+    """Register the HCSA experiments with ``register`` (an ExperimentSpec sink).
+
+    ``hcsa`` is the comparison of Kim (2025), Sec. 6: the six agents of
+    :func:`hcsa_experiment_agents` on :func:`hcsa_environment` (options
+    :data:`HCSA_DEFAULTS`), cumulative regret and the prediction error
+    :func:`prediction_error_curve` at ``num_checkpoints`` rounds. ``hcsa-drift`` and
+    ``hcsa-low-rank`` are the same with the non-iid context sequences.
+    """
+    from ppl_bandits.experiments import ExperimentSpec
+
+    for name, kind, what in (
+        ("hcsa", "iid", "W. Kim 2025 Sec. 6: iid masked contexts"),
+        ("hcsa-drift", "drift", "HCSA comparison with a drifting context mean"),
+        ("hcsa-low-rank", "low_rank", "HCSA comparison with contexts in a low-rank subspace"),
+    ):
+        register(
+            ExperimentSpec(
+                name,
+                f"{what}; regret and max prediction error of HCSA+TS, DRTS, HyRan, "
+                "SupLinUCB, LinTS, LinUCB",
+                {**HCSA_DEFAULTS, "kind": kind},
+                _hcsa_builder,
+                metrics=_hcsa_metrics,
+                title_keys=("dim", "num_arms"),
+            )
+        )

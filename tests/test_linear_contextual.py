@@ -274,6 +274,13 @@ def test_sup_lin_ucb_updates_at_most_one_stage():
         assert changed.sum() <= 1
         s = new
     assert int(s.round) == 30
+    assert np.any(np.asarray(s.grams) != np.eye(3))  # some stage was updated
+    # the Sherman–Morrison inverses are the inverses of the stage Gram matrices
+    np.testing.assert_allclose(
+        np.asarray(s.inv_grams) @ np.asarray(s.grams),
+        np.broadcast_to(np.eye(3), s.grams.shape),
+        atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize(
