@@ -198,7 +198,7 @@ class ComparisonResult:
     num_tests: int
     """Number of two-sided tests m: 2p + 1, plus p(p-1)/2 with ``cross_covariances``."""
     critical_value: float
-    """Bonferroni critical value Φ⁻¹(1 − α/(2m)) for every |z|."""
+    """Bonferroni critical value Φ⁻¹(1 − α/(2m)) for every :math:`|z|`."""
     p_value: float
     """Bonferroni-adjusted smallest two-sided p-value, min(1, m · min p); fail iff < α."""
     failed: tuple[str, ...]

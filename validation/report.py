@@ -60,7 +60,7 @@ __all__ = [
 #: split-R̂ when there are more).
 MAX_RANK_COORDINATES: int = 8
 #: Largest number of coordinates in a density figure and in the worst-coordinates table
-#: (those with the largest |z| of the mean when there are more).
+#: (those with the largest :math:`|z|` of the mean when there are more).
 MAX_DENSITY_COORDINATES: int = 12
 #: Pointwise coverage of the uniformity band drawn in the rank plots.
 RANK_BAND_LEVEL: float = 0.99
@@ -831,7 +831,7 @@ def write_audit_report(audit: dict, panels: list[CheckpointPanel], out_dir) -> P
     ``panel.discrepancy``, else the first ones.
 
     ``discrepancy.png`` is written when at least two checkpoints carry statistics: for
-    approximate posteriors, max |standardized mean error| (with its MCSE as a noise
+    approximate posteriors, the largest absolute standardized mean error (MCSE as noise
     floor), the range of sd ratios, the Gaussian :math:`W_2` and the energy distance; for
     exact posteriors, the largest :math:`|z|` over all tests against the Bonferroni
     critical value. The rounds axis is logarithmic when the checkpoints span more than a
