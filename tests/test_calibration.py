@@ -9,18 +9,25 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from conftest import EXACT_RTOL, X64
+from ppl_bandits.cli import main
+from validation import calibration
 from validation.audit import claimed_posterior, negative_control
 from validation.calibration import (
     ALPHA,
     NEGATIVE_CONTROLS,
+    POSTERIORS,
     _band,
+    _diffusion_pits,
     _pits,
     _simulate,
     calibrate_nuts,
+    calibration_table,
     ecdf_uniformity_test,
     power_curve,
     run_calibration,
     write_calibration,
+    write_calibration_table,
 )
 
 #: The module's default study size (K=10, L=2, d=2, 200 replications of 100 rounds).
@@ -37,7 +44,13 @@ def lin_ts():
     return run_calibration("LinTS", **DEFAULT)
 
 
-@pytest.mark.parametrize("which", ["mets_lin", "lin_ts"])
+@pytest.fixture(scope="module")
+def dts_linear():
+    """dTS with linear links (exact) at the default size, L = 2 diffusion levels."""
+    return run_calibration("dTS", **DEFAULT)
+
+
+@pytest.mark.parametrize("which", ["mets_lin", "lin_ts", "dts_linear"])
 def test_exact_posteriors_are_calibrated(which, request):
     res = request.getfixturevalue(which)
     assert res["uniformity"]["verdict"] == "pass", res["uniformity"]
@@ -48,7 +61,7 @@ def test_exact_posteriors_are_calibrated(which, request):
         assert abs(cov["region_rate"] - int(level) / 100) <= 4 * max(cov["region_se"], 0.01)
 
 
-@pytest.mark.parametrize("which", ["mets_lin", "lin_ts"])
+@pytest.mark.parametrize("which", ["mets_lin", "lin_ts", "dts_linear"])
 def test_controls_run_on_the_same_replications_are_rejected(which, request):
     res = request.getfixturevalue(which)
     names = [c["name"] for c in res["negative_controls"]]
@@ -56,7 +69,7 @@ def test_controls_run_on_the_same_replications_are_rejected(which, request):
     assert all(c["rejected"] for c in res["negative_controls"]), res["negative_controls"]
 
 
-@pytest.mark.parametrize("control", NEGATIVE_CONTROLS)
+@pytest.mark.parametrize("control", [c for c in NEGATIVE_CONTROLS if not c.startswith("dTS")])
 def test_each_negative_control_is_rejected(control):
     res = run_calibration(control, **DEFAULT)
     assert res["control"] == control.split(":")[1]
@@ -72,6 +85,21 @@ def test_sharded_and_single_device_runs_agree_exactly():
     assert len(four["devices"]) == 4 and len(one["devices"]) == 1
     np.testing.assert_array_equal(one["pit"], four["pit"])
     np.testing.assert_array_equal(one["chi2_pit"], four["chi2_pit"])
+
+
+def test_a_replication_is_the_runners_run_of_the_agent():
+    """The fused study program plays the agent's own policy with the runner's keys."""
+    from ppl_bandits.runner import simulate
+    from validation.calibration import _setup
+
+    args = ("meTS-Lin", "mixed-effect-linear", 3, 1, 1, 6)
+    state, params = _simulate(*args, 4, 5, jax.devices()[:1], chunk=2)  # 2 chunks of 2
+    env, agent = _setup(*args)
+    ref = simulate(jax.random.key(5), env, agent, num_rounds=6, num_runs=4)
+    np.testing.assert_array_equal(state.count, ref.state.count)
+    np.testing.assert_array_equal(params.theta, ref.params.theta)
+    np.testing.assert_allclose(state.eff_prec, ref.state.eff_prec, rtol=1e-6)
+    np.testing.assert_allclose(state.eff_nat, ref.state.eff_nat, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -153,10 +181,106 @@ def test_write_calibration(mets_lin, tmp_path):
     assert pit.shape == (200, mets_lin["pit"].shape[1] + 1)
 
 
+def test_dts_controls_are_the_registered_ones(dts_linear):
+    # The dTS controls run on the fixture's replications (the exact posterior passes there).
+    names = [c["name"] for c in dts_linear["negative_controls"]]
+    assert names == ["dTS:covariance-x1.3", "dTS:mean-shift-0.5sd", "dTS:dts-approximation"]
+    approx = dts_linear["negative_controls"][2]["uniformity"]
+    assert approx["verdict"] == "fail" and approx["p_value"] < ALPHA
+
+
+@pytest.mark.exact
+def test_dts_pits_are_the_joint_gaussian_of_the_recursions():
+    """The read-out from the agent's state is the exact joint posterior, controls included."""
+    from ppl_bandits.diffusion import recursive_joint_posterior
+    from ppl_bandits.mixed_effect import SufficientStats
+
+    # float32: the dts_linear fixture's compiled program (K=10, 100 rounds, 200 runs);
+    # float64 (no fixture there): a tiny one. Three replications are checked.
+    K, L, d, R = (4, 2, 2, 3) if X64 else (10, 2, 2, 3)
+    n, runs = (20, 4) if X64 else (100, 200)
+    state, params = _simulate("dTS", "diffusion-linear", K, L, d, n, runs, 0, jax.devices())
+    state, params = jax.tree.map(lambda a: a[:R], (state, params))
+    assert state.count.sum(axis=1).tolist() == [n] * R
+    for control in [None, "covariance-x1.3", "mean-shift-0.5sd"]:
+        u, chi2, labels, _ = _diffusion_pits(state, params, "dTS", control)
+        assert labels[0] == "psi[1, 0]" and len(labels) == (L + K) * d
+        for r in range(R):
+            one = jax.tree.map(lambda a, r=r: a[r], state)
+            g = recursive_joint_posterior(one.prior, SufficientStats(one.G, one.B, one.count))
+            mean, cov = np.asarray(g.mean, np.float64), np.asarray(g.cov, np.float64)
+            sd = np.sqrt(np.diag(cov))
+            x = np.concatenate([np.ravel(params.psi[r]), np.ravel(params.theta[r])])
+            scale = 1.3 if control == "covariance-x1.3" else 1.0
+            if control == "mean-shift-0.5sd":
+                mean = mean + 0.5 * sd
+            e = x - mean
+            np.testing.assert_allclose(
+                u[r], stats.norm.cdf(e / np.sqrt(scale) / sd), rtol=EXACT_RTOL, atol=EXACT_RTOL
+            )
+            q = e @ np.linalg.solve(cov, e) / scale
+            np.testing.assert_allclose(
+                chi2[r, 0], stats.chi2.cdf(q, x.size), rtol=EXACT_RTOL, atol=EXACT_RTOL
+            )
+
+
+@pytest.mark.slow
+def test_dts_neural_ranks_and_its_control():
+    # Tiny size: the dTS approximation with neural links, PITs from ranks among draws.
+    res = run_calibration(
+        "dTS-neural", replications=200, rounds=20, num_actions=3, num_effects=2, dim=2
+    )
+    assert res["pit"].shape == (200, (2 + 3) * 2) and res["model"] == "diffusion-neural"
+    assert 0 < res["pit"].min() and res["pit"].max() < 1
+    assert set(res["uniformity_blocks"]) == {"psi", "theta", "chi2"}
+    (control,) = res["negative_controls"]
+    assert control["name"] == "dTS-neural:mean-shift-0.5sd" and control["rejected"], control
+
+
+def test_calibration_table_of_all_posteriors(mets_lin, dts_linear, tmp_path, monkeypatch, capsys):
+    # The fixtures' settings: the compiled programs are reused, so only the files cost.
+    monkeypatch.setattr(calibration, "POSTERIORS", ("meTS-Lin", "dTS"))
+    out = tmp_path / "table"
+    assert main(["calibrate", "--all", "--out", str(out)]) == 0
+    record = json.loads((out / "table.json").read_text())
+    rows = record["rows"]
+    assert [r["posterior"] for r in rows] == ["meTS-Lin", "dTS"]
+    assert [r["verdict"] for r in rows] == ["pass", "pass"]
+    assert rows[1]["controls_rejected"] == "3/3"
+    assert rows[0]["p_value"] == mets_lin["uniformity"]["p_value"]  # same study
+    assert {"command", "seed", "versions", "settings"} <= set(record)
+    md = (out / "table.md").read_text()
+    assert md.count("\n") == 4 and "| dTS | diffusion-linear | 200 | 100 |" in md
+    header = (out / "table.csv").read_text().splitlines()[0].split(",")
+    assert header[:6] == ["posterior", "model", "replications", "rounds", "p_value", "verdict"]
+    assert (out / "dTS" / "calibration.json").exists()
+    assert "| meTS-Lin |" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="rows"):
+        write_calibration_table([], tmp_path)
+    with pytest.raises(ValueError, match="posteriors"):
+        calibration_table([])
+
+
+@pytest.mark.slow
+def test_calibrate_all_at_a_tiny_size(tmp_path):
+    out = tmp_path / "all"
+    argv = ["calibrate", "--all", "--replications", "60", "--rounds", "10", "--K", "3"]
+    main([*argv, "--L", "1", "--d", "1", "--out", str(out)])
+    rows = json.loads((out / "table.json").read_text())["rows"]
+    assert [r["posterior"] for r in rows] == list(POSTERIORS)
+    assert all(r["verdict"] in ("pass", "fail") for r in rows)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
         ({"posterior": "meTS-Nope"}, "posterior"),
+        ({"posterior": "dTS-nope"}, "posterior"),
+        ({"posterior": "dTS-neural:dts-approximation"}, "posterior"),
+        ({"posterior": "dTS:published-factored-mean"}, "posterior"),
+        ({"posterior": "dTS", "model": "mixed-effect-linear"}, "model"),
+        ({"posterior": "dTS", "replications": 0}, "replications"),
+        ({"posterior": "meTS-Lin", "chunk": 0}, "chunk"),
         ({"posterior": "LinUCB"}, "posterior"),
         ({"posterior": "meTS-Lin:covariance-x2"}, "posterior"),
         ({"posterior": "LinTS:published-factored-mean"}, "posterior"),

@@ -36,10 +36,32 @@ Which posterior is calibrated:
   posteriors ignores the prior coupling through Ψ), so their χ² PITs are per action
   (χ²_d, K columns).
 
+- dTS (Aouali 2025) on the diffusion prior (:mod:`models.diffusion`, problems from
+  :func:`ppl_bandits.diffusion.diffusion_environment`, the agent
+  ``make_diffusion_agent("dTS")``), over (ψ_1..ψ_L, θ_1..θ_K) with L the diffusion levels:
+  ``"dTS"`` has linear links, where the agent's recursion is the exact posterior, and is
+  read out exactly (Gaussian marginals by the downward pass of
+  :func:`ppl_bandits.diffusion.diffusion_posterior`, from the terms in the agent's state);
+  ``"dTS-neural"`` has random neural (MLP) links, where the agent samples the dTS
+  approximation, which is not Gaussian: each coordinate's PIT is the randomized rank
+  (rank + V) / (S + 1) of the truth among S = ``DRAWS`` draws of the agent's own
+  sampler (ψ_L, ψ_ℓ | ψ_{ℓ+1} down to ψ_1, θ_a | ψ_1), exactly uniform when the claimed
+  posterior is the true one. For both the χ² PIT is the sum of the squared whitened
+  innovations of that factorization, χ²_p with p = (L + K) d under the claimed
+  posterior whatever the links (the Mahalanobis distance of the joint Gaussian for
+  linear links).
+
 A negative control ``"AGENT:CONTROL"`` (CONTROL one of
-:data:`validation.audit.NEGATIVE_CONTROLS`) replaces the agent's posterior by the
-deliberately wrong one of :func:`validation.audit.negative_control`; the study must reject
-it. :data:`NEGATIVE_CONTROLS` lists the registered ones.
+:data:`validation.audit.NEGATIVE_CONTROLS`, or for dTS one of :data:`DIFFUSION_CONTROLS`)
+replaces the agent's posterior by a deliberately wrong one (for the meTS family that of
+:func:`validation.audit.negative_control`); the study must reject it.
+:data:`NEGATIVE_CONTROLS` lists the registered ones.
+
+Cost. A study is one compiled program per (posterior, shapes, chunk size): the prior draw,
+the agent's initialisation and the ``lax.scan`` over rounds fused and vmapped over a chunk
+of replications (:data:`CHUNK` by default), sharded over the devices; larger studies loop
+over chunks of the same compiled program. The null distribution of the band statistic is
+read from a table of binomial tail probabilities (one per sample size).
 """
 
 from __future__ import annotations
@@ -52,6 +74,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from scipy import stats
@@ -62,7 +85,7 @@ from ppl_bandits.agents import (
     resolve_agent_name,
 )
 from ppl_bandits.environments import mixed_effect_environment
-from ppl_bandits.runner import draw_problems, simulate
+from ppl_bandits.runner import _name_salt, _round_keys
 from ppl_bandits.spec import fig2_prior
 from validation.audit import AUDIT_MODELS
 from validation.audit import NEGATIVE_CONTROLS as CONTROL_KINDS
@@ -70,13 +93,20 @@ from validation.audit import NEGATIVE_CONTROLS as CONTROL_KINDS
 __all__ = [
     "ALPHA",
     "CALIBRATION_AGENTS",
+    "CHUNK",
     "COVERAGE_LEVELS",
+    "DIFFUSION_CONTROLS",
+    "DIFFUSION_POSTERIORS",
+    "DRAWS",
     "NEGATIVE_CONTROLS",
+    "POSTERIORS",
     "calibrate_nuts",
+    "calibration_table",
     "ecdf_uniformity_test",
     "power_curve",
     "run_calibration",
     "write_calibration",
+    "write_calibration_table",
 ]
 
 #: Default family-wise level of the uniformity test.
@@ -100,13 +130,33 @@ CALIBRATION_AGENTS = {
     "LinTS": ("gaussian", "independent"),
     "GLM-TS": ("logistic", "independent"),
 }
+#: dTS posteriors on the diffusion prior: name -> (links, what the agent samples).
+DIFFUSION_POSTERIORS = {
+    "dTS": ("linear", "exact"),
+    "dTS-neural": ("neural", "dts"),
+}
+#: Every posterior a study can calibrate, in the order of the table.
+POSTERIORS = (*CALIBRATION_AGENTS, *DIFFUSION_POSTERIORS)
+#: Negative controls of the dTS posteriors: the claimed posterior with every covariance
+#: × 1.3 or every mean + 0.5 sd (both as maps of the claimed law: x -> m + √1.3 (x − m),
+#: x -> x + 0.5 sd), and, for linear links, the dTS approximation (recursion without the
+#: links, paper Sec. 3.2) in place of the exact posterior the agent holds.
+DIFFUSION_CONTROLS = ("covariance-x1.3", "mean-shift-0.5sd", "dts-approximation")
 #: Registered negative controls: deliberately wrong posteriors every study must reject.
 NEGATIVE_CONTROLS = (
     "meTS-Lin:covariance-x1.3",
     "meTS-Lin:mean-shift-0.5sd",
     "meTS-Lin-Fa:published-factored-mean",
     "LinTS:mean-shift-0.5sd",
+    "dTS:covariance-x1.3",
+    "dTS:mean-shift-0.5sd",
+    "dTS:dts-approximation",
+    "dTS-neural:mean-shift-0.5sd",
 )
+#: Posterior draws per replication where PITs are ranks (the dTS approximation).
+DRAWS = 99
+#: Replications per compiled program; larger studies loop over chunks of this size.
+CHUNK = 1000
 # Valid but not registered (too little power at 200 replications; see power_curve):
 # "meTS-Lin:coupling-dropped" leaves every marginal PIT unchanged and only the joint χ²
 # PIT can see it; "LinTS:covariance-x1.3" is spread over K per-action χ²_d columns.
@@ -133,10 +183,21 @@ def _parse_posterior(posterior) -> tuple[str, str | None]:
     text = str(posterior)
     agent_part, _, control = text.partition(":")
     expected = (
-        f"expected an agent among {', '.join(CALIBRATION_AGENTS)} (any case), optionally "
-        f"followed by ':CONTROL' with CONTROL in {', '.join(CONTROL_KINDS)}; "
+        f"expected a posterior among {', '.join(POSTERIORS)} (any case), optionally "
+        f"followed by ':CONTROL' with CONTROL in {', '.join(CONTROL_KINDS)} (meTS family) "
+        f"or {', '.join(DIFFUSION_CONTROLS)} (dTS); "
         f"registered controls: {', '.join(NEGATIVE_CONTROLS)}"
     )
+    diffusion = {n.lower(): n for n in DIFFUSION_POSTERIORS}
+    if agent_part.lower() in diffusion:
+        agent = diffusion[agent_part.lower()]
+        if not control:
+            return agent, None
+        allowed = DIFFUSION_CONTROLS if agent == "dTS" else DIFFUSION_CONTROLS[:2]
+        lookup = {c.lower(): c for c in allowed}
+        if control.lower() not in lookup:
+            raise ValueError(f"posterior is {posterior!r}; {expected}")
+        return agent, lookup[control.lower()]
     try:
         agent = resolve_agent_name(agent_part)
     except ValueError:
@@ -158,6 +219,12 @@ def _controls_for(agent: str) -> list[str]:
 
 
 def _resolve_model(model, likelihood: str) -> str:
+    if likelihood in ("linear", "neural"):  # a diffusion posterior: its own model
+        if model is not None and str(model).lower() != f"diffusion-{likelihood}":
+            raise ValueError(
+                f"model is {model!r}; expected None or 'diffusion-{likelihood}' for this posterior"
+            )
+        return f"diffusion-{likelihood}"
     if model is None:
         return "mixed-effect-linear" if likelihood == "gaussian" else "mixed-effect-logistic"
     lookup = {m.lower(): m for m in AUDIT_MODELS}
@@ -178,7 +245,12 @@ def _resolve_devices(devices) -> list:
 
 @functools.lru_cache(maxsize=32)
 def _setup(agent: str, model: str, K: int, L: int, d: int, rounds: int):
-    """Environment and agent, cached so repeated studies reuse the compiled runner."""
+    """Environment and agent, cached so repeated studies reuse the compiled program."""
+    if agent in DIFFUSION_POSTERIORS:
+        from ppl_bandits.diffusion import diffusion_environment, make_diffusion_agent
+
+        link = DIFFUSION_POSTERIORS[agent][0]
+        return diffusion_environment(K, L, d, link=link), make_diffusion_agent("dTS")
     reward = AUDIT_MODELS[model][0]
     prior_fn = None
     if agent == "HierTS":
@@ -191,27 +263,65 @@ def _setup(agent: str, model: str, K: int, L: int, d: int, rounds: int):
     return env, bandit
 
 
-def _simulate(agent, model, K, L, d, rounds, replications, seed, devices):
-    """Final agent states and true parameters of ``replications`` runs (numpy, on host).
+@functools.lru_cache(maxsize=32)
+def _program(agent: str, model: str, K: int, L: int, d: int, rounds: int):
+    """One compiled study: per run key, draw the problem, initialise, play ``rounds`` rounds.
 
-    The problems are padded to a multiple of the device count and sharded on their run
-    axis; the vmapped simulation follows the data. Run r draws its problem from
-    ``fold_in(key, r)``, so padding adds runs without changing the first ``replications``.
+    The prior draw, the agent's initialisation and the ``lax.scan`` over rounds are fused
+    in one vmapped program (one compilation, no per-round outputs kept). Keys follow
+    :func:`ppl_bandits.runner.simulate` exactly (the problem from ``fold_in(run_key, 0)``,
+    the agent's initialisation from ``fold_in(run_key, 1)`` and the rounds from
+    ``fold_in(run_key, 2)``, each salted with the agent's name), so a replication is the
+    run the runner would simulate, with the final agent state and the true parameters
+    as outputs.
     """
     env, bandit = _setup(agent, model, K, L, d, rounds)
-    n = len(devices)
-    padded = -(-replications // n) * n
-    key = jax.random.key(seed)
-    problems = draw_problems(key, env, padded)
+    salt = _name_salt(bandit.name)
+
+    def one(run_key):
+        prior, params = env.draw(jax.random.fold_in(run_key, 0))
+        k_init = jax.random.fold_in(jax.random.fold_in(run_key, 1), salt)
+        state = bandit.init(k_init, prior)
+        loop_key = jax.random.fold_in(run_key, 2)
+
+        def step(state, t):
+            k_ctx, k_act, k_rew, k_upd = _round_keys(loop_key, t)
+            ctx = env.contexts(k_ctx, params, t)
+            action = bandit.act(jax.random.fold_in(k_act, salt), state, ctx)
+            reward = env.reward(k_rew, params, ctx, action)
+            return bandit.update(jax.random.fold_in(k_upd, salt), state, ctx, action, reward), None
+
+        state, _ = jax.lax.scan(step, state, jnp.arange(rounds))
+        return state, params
+
+    return jax.jit(jax.vmap(one))
+
+
+def _chunk_size(replications: int, devices: int, chunk: int) -> int:
+    """Replications per program call: a multiple of the device count, at most ~``chunk``."""
+    per_device = -(-min(replications, chunk) // devices)
+    return per_device * devices
+
+
+def _simulate(agent, model, K, L, d, rounds, replications, seed, devices, chunk=CHUNK):
+    """Final agent states and true parameters of ``replications`` runs (numpy, on host).
+
+    Run r uses ``fold_in(key(seed), r)``. Replications are cut into chunks of one size (a
+    multiple of the device count; the last chunk padded with extra runs that are dropped),
+    each sharded on its run axis over ``devices``; so the result depends neither on the
+    devices nor on the chunk size, and studies of any size reuse one compiled program.
+    """
+    program = _program(agent, model, K, L, d, rounds)
+    size = _chunk_size(replications, len(devices), chunk)
     sharding = NamedSharding(Mesh(np.asarray(devices), ("runs",)), PartitionSpec("runs"))
-    problems = jax.device_put(problems, sharding)
-    res = simulate(key, env, bandit, num_rounds=rounds, num_runs=padded, problems=problems)
-    jax.block_until_ready(res.state)
-
-    def host(a):
-        return np.asarray(a)[:replications]
-
-    return jax.tree.map(host, res.state), jax.tree.map(host, res.params)
+    key = jax.random.key(seed)
+    make_keys = jax.jit(jax.vmap(lambda r: jax.random.fold_in(key, r)), out_shardings=sharding)
+    pieces = []
+    for start in range(0, replications, size):
+        keys = make_keys(jnp.arange(start, start + size))
+        pieces.append(jax.tree.map(np.asarray, program(keys)))
+    state, params = jax.tree.map(lambda *a: np.concatenate(a)[:replications], *pieces)
+    return state, params
 
 
 # --------------------------------------------------------------------------- PITs
@@ -337,6 +447,186 @@ def _pits(state, params, kind, control, *, K, d):
     return u, chi2, labels, chi2_labels
 
 
+# --------------------------------------------------------------------------- dTS PITs
+
+
+def _stats_of(state):
+    from ppl_bandits.mixed_effect import SufficientStats
+
+    return SufficientStats(state.G, state.B, state.count)
+
+
+@functools.lru_cache(maxsize=8)
+def _links_program():
+    """f_ℓ(ψ_ℓ) for every level, batched over replications: (R, L, d) -> (R, L, d)."""
+    from models.diffusion import apply_link
+
+    def links(prior, psi):
+        L = psi.shape[0]
+        return jnp.stack([apply_link(prior, level, psi[level - 1]) for level in range(1, L + 1)])
+
+    return jax.jit(jax.vmap(links))
+
+
+@functools.lru_cache(maxsize=8)
+def _dts_terms_program():
+    """The dTS approximation's recursion (links dropped) for the agent's statistics."""
+    from ppl_bandits.diffusion import latent_terms
+
+    def terms(prior, stats):
+        lat = latent_terms(prior, stats, "dts")[1]
+        return lat.feed, lat.shift, lat.cov
+
+    return jax.jit(jax.vmap(terms))
+
+
+@functools.lru_cache(maxsize=8)
+def _draws_program(method: str, draws: int):
+    """``draws`` posterior draws per replication from the agent's sampler, flattened."""
+    from ppl_bandits.diffusion import sample_posterior
+
+    def one(key, prior, stats):
+        def draw(k):
+            psi, theta = sample_posterior(k, prior, stats, method)
+            return jnp.concatenate([psi.ravel(), theta.ravel()])
+
+        return jax.vmap(draw)(jax.random.split(key, draws))
+
+    return jax.jit(jax.vmap(one))
+
+
+class _Chain(NamedTuple):
+    """The factorization the dTS agent samples from, float64, leading axis the replication.
+
+    ψ_L ~ N(shift_L, cov_L), ψ_ℓ | ψ_{ℓ+1} ~ N(feed_ℓ f_{ℓ+1}(ψ_{ℓ+1}) + shift_ℓ, cov_ℓ) and
+    θ_a | ψ_1 ~ N(cond_feed_a f_1(ψ_1) + cond_shift_a, cond_cov_a).
+    """
+
+    feed: np.ndarray  # (R, L, d, d)
+    shift: np.ndarray  # (R, L, d)
+    cov: np.ndarray  # (R, L, d, d)
+    cond_feed: np.ndarray  # (R, K, d, d)
+    cond_shift: np.ndarray  # (R, K, d)
+    cond_cov: np.ndarray  # (R, K, d, d)
+
+
+def _chain(state, method: str) -> _Chain:
+    f64 = functools.partial(np.asarray, dtype=np.float64)
+    if method == "dts-approximation":
+        feed, shift, cov = _dts_terms_program()(state.prior, _stats_of(state))
+    else:  # the terms in the agent's state
+        feed, shift, cov = state.latent.feed, state.latent.shift, state.latent.cov
+    R = f64(state.cond_sqrt)
+    return _Chain(
+        f64(feed),
+        f64(shift),
+        _sym(f64(cov)),
+        f64(state.cond_feed),
+        f64(state.shift),
+        _sym(R @ np.swapaxes(R, -1, -2)),
+    )
+
+
+def _quad(cov, e):
+    return np.einsum("...i,...i->...", e, np.linalg.solve(cov, e[..., None])[..., 0])
+
+
+def _innovation_form(ch: _Chain, prior, x: np.ndarray, L: int, d: int) -> np.ndarray:
+    r"""Σ of the squared whitened innovations of x = (ψ, θ) under the chain: (R,).
+
+    .. math:: q = \sum_\ell |e_\ell|^2_{\bar\Sigma_\ell^{-1}} + \sum_a |e_a|^2_{\hat\Sigma_a^{-1}}
+
+    with e the residuals of each conditional; χ²_{(L+K)d} when x is drawn from the chain,
+    and the joint Mahalanobis distance when the links are linear.
+    """
+    R = x.shape[0]
+    psi = x[:, : L * d].reshape(R, L, d)
+    theta = x[:, L * d :].reshape(R, -1, d)
+    dtype = np.asarray(prior.sigma_psi).dtype  # the agent's precision
+    f = np.asarray(_links_program()(prior, psi.astype(dtype)), np.float64)
+    q = _quad(ch.cov[:, L - 1], psi[:, L - 1] - ch.shift[:, L - 1])
+    for level in range(1, L):
+        loc = np.einsum("rij,rj->ri", ch.feed[:, level - 1], f[:, level]) + ch.shift[:, level - 1]
+        q = q + _quad(ch.cov[:, level - 1], psi[:, level - 1] - loc)
+    loc = np.einsum("rkij,rj->rki", ch.cond_feed, f[:, 0]) + ch.cond_shift
+    return q + _quad(ch.cond_cov, theta - loc).sum(axis=1)
+
+
+def _chain_marginals(ch: _Chain, links: np.ndarray):
+    """Means and standard deviations (R, (L + K) d) of a linear chain (downward pass)."""
+    R, L = ch.shift.shape[:2]
+    means, covs = [None] * L, [None] * L
+    means[L - 1], covs[L - 1] = ch.shift[:, L - 1], ch.cov[:, L - 1]
+    for level in range(L - 1, 0, -1):
+        A = ch.feed[:, level - 1] @ links[:, level]
+        means[level - 1] = np.einsum("rij,rj->ri", A, means[level]) + ch.shift[:, level - 1]
+        covs[level - 1] = A @ covs[level] @ np.swapaxes(A, -1, -2) + ch.cov[:, level - 1]
+    A = ch.cond_feed @ links[:, None, 0]
+    m_theta = np.einsum("rkij,rj->rki", A, means[0]) + ch.cond_shift
+    c_theta = ch.cond_cov + A @ covs[0][:, None] @ np.swapaxes(A, -1, -2)
+    mean = np.concatenate([np.stack(means, 1).reshape(R, -1), m_theta.reshape(R, -1)], 1)
+    var = np.concatenate(
+        [
+            np.diagonal(np.stack(covs, 1), axis1=-2, axis2=-1).reshape(R, -1),
+            np.diagonal(c_theta, axis1=-2, axis2=-1).reshape(R, -1),
+        ],
+        1,
+    )
+    return mean, np.sqrt(var)
+
+
+def _control_truth(control, truth, mean, sd):
+    """The truth mapped back through a control's map of the claimed law.
+
+    A control claims the law of T(x), x from the posterior: T(x) = m + √1.3 (x − m)
+    (covariance × 1.3) or x + 0.5 sd (mean shift). The rank or PIT of the truth under it is
+    that of T⁻¹(truth) under the posterior, and so is the χ² innovation form.
+    """
+    if control == "covariance-x1.3":
+        return mean + (truth - mean) / math.sqrt(1.3)
+    if control == "mean-shift-0.5sd":
+        return truth - 0.5 * sd
+    return truth
+
+
+def _diffusion_pits(state, params, agent, control, *, draws=DRAWS, seed=0):
+    """Per-coordinate PITs (R, (L + K) d), the χ² PIT (R, 1) and labels for a dTS study."""
+    links, method = DIFFUSION_POSTERIORS[agent]
+    psi = np.asarray(params.psi, np.float64)
+    R, L, d = psi.shape
+    K = np.asarray(params.theta).shape[1]
+    truth = np.concatenate(
+        [psi.reshape(R, -1), np.asarray(params.theta, np.float64).reshape(R, -1)], 1
+    )
+    p = truth.shape[1]
+    ch = _chain(state, "dts-approximation" if control == "dts-approximation" else method)
+    if links == "linear":  # Gaussian chain: exact marginals
+        mean, sd = _chain_marginals(ch, np.asarray(state.prior.links, np.float64))
+        x = _control_truth(control, truth, mean, sd)
+        u = stats.norm.cdf((x - mean) / sd)
+    else:  # the dTS approximation with neural links: ranks among the agent's draws
+        program = _draws_program(method, draws)
+        keys = jax.random.split(jax.random.key(NULL_SEED + seed), R)
+        ranks = np.empty((R, p))
+        x = np.empty_like(truth)
+        step = max(1, CHUNK)
+        for lo in range(0, R, step):
+            sl = slice(lo, min(R, lo + step))
+            sub = jax.tree.map(lambda a, sl=sl: a[sl], (state.prior, _stats_of(state)))
+            z = np.asarray(program(keys[sl], *sub), np.float64)  # (r, S, p)
+            m, s = z.mean(axis=1), z.std(axis=1, ddof=1)
+            x[sl] = _control_truth(control, truth[sl], m, s)
+            ranks[sl] = np.sum(z < x[sl][:, None, :], axis=1)
+        jitter = np.random.default_rng(NULL_SEED + seed).uniform(size=ranks.shape)
+        u = (ranks + jitter) / (draws + 1)
+    q = _innovation_form(ch, state.prior, x, L, d)
+    chi2 = stats.chi2.cdf(q, df=p)[:, None]
+    labels = [f"psi[{level}, {j}]" for level in range(1, L + 1) for j in range(d)] + [
+        f"theta[{k}, {j}]" for k in range(K) for j in range(d)
+    ]
+    return u, chi2, labels, ["chi2(joint)"]
+
+
 # --------------------------------------------------------------------------- uniformity
 
 
@@ -345,11 +635,24 @@ def _grid(n: int) -> np.ndarray:
     return np.arange(1, m) / m
 
 
+@functools.lru_cache(maxsize=16)
+def _tail_table(n: int) -> np.ndarray:
+    r"""T[i, k]: two-sided binomial tail probability of k of n PITs below the grid point z_i.
+
+    :math:`\min\{1, 2\min(B(k; n, z_i), 1 - B(k - 1; n, z_i))\}`, for every k in 0..n:
+    one table per sample size, looked up for the data and for every null sample.
+    """
+    z = _grid(n)
+    k = np.arange(n + 1)[None, :]
+    lower = stats.binom.cdf(k, n, z[:, None])
+    upper = stats.binom.sf(k - 1, n, z[:, None])
+    return np.minimum(1.0, 2.0 * np.minimum(lower, upper))
+
+
 def _min_tail(counts: np.ndarray, n: int, z: np.ndarray) -> np.ndarray:
-    """Smallest two-sided binomial tail probability of ECDF counts at the points z."""
-    lower = stats.binom.cdf(counts, n, z)
-    upper = stats.binom.sf(counts - 1, n, z)
-    return np.minimum(1.0, 2.0 * np.minimum(lower, upper)).min(axis=-1)
+    """Smallest two-sided binomial tail probability of ECDF counts at the grid points z."""
+    table = _tail_table(n)
+    return table[np.arange(z.size), counts].min(axis=-1)
 
 
 def _num_null(columns: int = 1, alpha: float = ALPHA) -> int:
@@ -482,6 +785,34 @@ def _coverage(u: np.ndarray, chi2: np.ndarray) -> dict:
 # --------------------------------------------------------------------------- studies
 
 
+def _family(agent: str):
+    """(likelihood or links, kind): kind "diffusion" for the dTS posteriors."""
+    if agent in DIFFUSION_POSTERIORS:
+        return DIFFUSION_POSTERIORS[agent][0], "diffusion"
+    return CALIBRATION_AGENTS[agent]
+
+
+def _study_pits(agent, kind, state, params, control, K, d, seed):
+    if kind == "diffusion":
+        return _diffusion_pits(state, params, agent, control, seed=seed)
+    return _pits(state, params, kind, control, K=K, d=d)
+
+
+def _block_tests(u, chi2, labels, alpha) -> dict:
+    """The uniformity test on the ψ columns, the θ columns and the χ² columns apart."""
+    out = {}
+    for block in ("psi", "theta"):
+        cols = [j for j, name in enumerate(labels) if name.startswith(block + "[")]
+        if cols:
+            out[block] = _brief(ecdf_uniformity_test(u[:, cols], alpha))
+    out["chi2"] = _brief(ecdf_uniformity_test(chi2, alpha))
+    return out
+
+
+def _brief(test: dict) -> dict:
+    return {k: test[k] for k in ("statistic", "p_value", "verdict")}
+
+
 def run_calibration(
     posterior: str,
     *,
@@ -494,37 +825,47 @@ def run_calibration(
     model: str | None = None,
     devices=None,
     alpha: float = ALPHA,
+    chunk: int = CHUNK,
 ) -> dict:
     """SBC of an agent's posterior (or of a negative control) after adaptive data collection.
 
     Parameters
     ----------
     posterior : str
-        An agent of :data:`CALIBRATION_AGENTS` (any case), or ``"AGENT:CONTROL"`` for a
-        deliberately wrong posterior (see :data:`NEGATIVE_CONTROLS`).
+        One of :data:`POSTERIORS` (any case): an agent of :data:`CALIBRATION_AGENTS`, or
+        ``"dTS"`` / ``"dTS-neural"`` (:data:`DIFFUSION_POSTERIORS`); or
+        ``"POSTERIOR:CONTROL"`` for a deliberately wrong posterior (see
+        :data:`NEGATIVE_CONTROLS`).
     replications : int (>= 1)
         Independent (prior draw, adaptive data, posterior) replications, vmapped.
     rounds : int (>= 1)
         Rounds the agent plays in each replication.
     num_actions, num_effects, dim : int (>= 1)
-        K, L, d of the problem (the paper's Fig. 2 prior).
+        K, L, d of the problem (the paper's Fig. 2 prior); for dTS, L is the number of
+        diffusion levels.
     seed : int
         Replication r draws its problem and noise from ``fold_in(key(seed), r)``.
     model : {None, "mixed-effect-linear", "mixed-effect-logistic"}
-        The model the problems are drawn from; None picks the one the agent assumes.
+        The model the problems are drawn from; None picks the one the agent assumes
+        (dTS: the diffusion model with its links).
     devices : list of jax devices, optional
         Devices the replications are sharded over (default ``jax.devices()``); the result
         does not depend on them.
     alpha : float
         Family-wise level of the uniformity verdict.
+    chunk : int (>= 1)
+        Replications per compiled program call (rounded up to a multiple of the device
+        count); the result does not depend on it.
 
     Returns
     -------
     dict
         ``posterior``, ``agent``, ``control``, ``model``, settings, ``labels`` and
         ``pit`` (R, p), ``chi2_labels`` and ``chi2_pit`` (R, c), ``uniformity``,
+        ``uniformity_blocks`` (the same test on the ψ, θ and χ² columns separately),
         ``coverage``, ``negative_controls`` (for an agent: each registered control run on
         the same replications, with its uniformity and ``rejected``), ``wall_seconds``,
+        ``timings`` (seconds spent simulating, reading the PITs, testing, on controls),
         ``devices``.
 
     Examples
@@ -543,12 +884,19 @@ def run_calibration(
     d = _check_count("dim", dim)
     seed = _check_count("seed", seed, 0)
     alpha = _check_alpha(alpha)
-    likelihood, kind = CALIBRATION_AGENTS[agent]
+    chunk = _check_count("chunk", chunk)
+    likelihood, kind = _family(agent)
     model = _resolve_model(model, likelihood)
     devices = _resolve_devices(devices)
 
-    state, params = _simulate(agent, model, K, L, d, rounds, replications, seed, devices)
-    u, chi2, labels, chi2_labels = _pits(state, params, kind, control, K=K, d=d)
+    timings = {"setup": time.perf_counter() - started}
+    t0 = time.perf_counter()
+    state, params = _simulate(agent, model, K, L, d, rounds, replications, seed, devices, chunk)
+    timings["simulate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    u, chi2, labels, chi2_labels = _study_pits(agent, kind, state, params, control, K, d, seed)
+    timings["pits"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     result = {
         "posterior": agent if control is None else f"{agent}:{control}",
         "agent": agent,
@@ -565,19 +913,26 @@ def run_calibration(
         "chi2_labels": chi2_labels,
         "chi2_pit": chi2,
         "uniformity": ecdf_uniformity_test(np.concatenate([u, chi2], axis=1), alpha),
+        "uniformity_blocks": _block_tests(u, chi2, labels, alpha),
         "coverage": _coverage(u, chi2),
         "negative_controls": [],
         "devices": [str(dev) for dev in devices],
     }
+    timings["uniformity"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     if getattr(state, "newton_failures", None) is not None:
         result["newton_failures"] = int(np.asarray(state.newton_failures).sum())
     if control is None:
         for name in _controls_for(agent):
-            cu, cchi2, _, _ = _pits(state, params, kind, name.split(":")[1], K=K, d=d)
+            cu, cchi2, _, _ = _study_pits(
+                agent, kind, state, params, name.split(":")[1], K, d, seed
+            )
             test = ecdf_uniformity_test(np.concatenate([cu, cchi2], axis=1), alpha)
             result["negative_controls"].append(
                 {"name": name, "rejected": test["verdict"] == "fail", "uniformity": test}
             )
+    timings["controls"] = time.perf_counter() - t0
+    result["timings"] = timings
     result["wall_seconds"] = time.perf_counter() - started
     return result
 
@@ -617,7 +972,7 @@ def power_curve(
         raise ValueError("replications is empty; expected study sizes >= 1")
     studies = _check_count("studies", studies)
     alpha = _check_alpha(alpha)
-    likelihood, kind = CALIBRATION_AGENTS[agent]
+    likelihood, kind = _family(agent)
     model = _resolve_model(model, likelihood)
     K, L, d = (
         _check_count(n, v)
@@ -637,8 +992,8 @@ def power_curve(
         _check_count("seed", seed, 0),
         devices,
     )
-    good = np.concatenate(_pits(state, params, kind, None, K=K, d=d)[:2], axis=1)
-    bad = np.concatenate(_pits(state, params, kind, kind_name, K=K, d=d)[:2], axis=1)
+    good = np.concatenate(_study_pits(agent, kind, state, params, None, K, d, seed)[:2], axis=1)
+    bad = np.concatenate(_study_pits(agent, kind, state, params, kind_name, K, d, seed)[:2], axis=1)
     power, size = [], []
     for n in sizes:
         blocks = [slice(s * n, (s + 1) * n) for s in range(studies)]
@@ -880,3 +1235,163 @@ def write_calibration(result: dict, out_dir) -> Path:
     )
     fig.savefig(out / "calibration.png", dpi=110)
     return path
+
+
+# --------------------------------------------------------------------------- table
+
+#: Columns of the table of verdicts.
+TABLE_COLUMNS = (
+    "posterior",
+    "model",
+    "replications",
+    "rounds",
+    "p_value",
+    "verdict",
+    "psi",
+    "theta",
+    "chi2",
+    "coverage_50",
+    "coverage_80",
+    "coverage_95",
+    "controls_rejected",
+    "wall_seconds",
+)
+
+
+def _table_row(res: dict) -> dict:
+    cov = res["coverage"]
+    blocks = res["uniformity_blocks"]
+    controls = res["negative_controls"]
+    row = {
+        "posterior": res["posterior"],
+        "model": res["model"],
+        "replications": res["replications"],
+        "rounds": res["rounds"],
+        "p_value": res["uniformity"]["p_value"],
+        "verdict": res["uniformity"]["verdict"],
+        **{b: blocks[b]["verdict"] if b in blocks else "" for b in ("psi", "theta", "chi2")},
+        "controls_rejected": f"{sum(c['rejected'] for c in controls)}/{len(controls)}",
+        "controls": [
+            {
+                "name": c["name"],
+                "rejected": bool(c["rejected"]),
+                "p_value": c["uniformity"]["p_value"],
+            }
+            for c in controls
+        ],
+        "wall_seconds": res["wall_seconds"],
+    }
+    for level in ("50", "80", "95"):
+        row[f"coverage_{level}"] = cov[level]["rate"]
+        row[f"coverage_{level}_se"] = cov[level]["se_replications"]
+    return row
+
+
+def calibration_table(
+    posteriors: Sequence[str] | None = None,
+    *,
+    replications: int = 200,
+    rounds: int = 100,
+    num_actions: int = 10,
+    num_effects: int = 2,
+    dim: int = 2,
+    seed: int = 0,
+    devices=None,
+    alpha: float = ALPHA,
+    out_dir=None,
+    progress: bool = False,
+) -> list[dict]:
+    """One SBC study per posterior (each with its registered controls); one row each.
+
+    ``posteriors`` defaults to :data:`POSTERIORS`. Every posterior runs at the same size
+    and seed (for dTS, ``num_effects`` is the number of diffusion levels). With
+    ``out_dir``, each study's files go to ``out_dir/<posterior>/``
+    (:func:`write_calibration`). A row holds ``posterior``, ``model``, ``replications``,
+    ``rounds``, the family-wise ``p_value`` and ``verdict``, the verdicts of the ψ, θ and
+    χ² blocks, the pooled central-interval coverage at 50, 80 and 95 % with the
+    replication-level standard errors (``coverage_95_se``: valid under any dependence
+    between a replication's coordinates), ``controls_rejected`` ("2/2"), ``controls`` and
+    ``wall_seconds``.
+    """
+    names = [_parse_posterior(p) for p in (POSTERIORS if posteriors is None else posteriors)]
+    if not names:
+        raise ValueError("posteriors is empty; expected at least one posterior")
+    rows = []
+    iterator = names
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(names, desc="calibration table", unit="posterior")
+    for agent, control in iterator:
+        name = agent if control is None else f"{agent}:{control}"
+        res = run_calibration(
+            name,
+            replications=replications,
+            rounds=rounds,
+            num_actions=num_actions,
+            num_effects=num_effects,
+            dim=dim,
+            seed=seed,
+            devices=devices,
+            alpha=alpha,
+        )
+        if out_dir is not None:
+            write_calibration(res, Path(out_dir) / name.replace(":", "_"))
+        rows.append(_table_row(res))
+    return rows
+
+
+def _markdown(rows: list[dict]) -> str:
+    head = (
+        "| posterior | model | R | rounds | p-value | verdict | ψ / θ / χ² | "
+        "coverage 50 % | coverage 80 % | coverage 95 % | controls rejected |"
+    )
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        cov = " | ".join(
+            f"{r[f'coverage_{lv}']:.3f} ± {r[f'coverage_{lv}_se']:.3f}" for lv in ("50", "80", "95")
+        )
+        blocks = " / ".join(r[b] or "–" for b in ("psi", "theta", "chi2"))
+        lines.append(
+            f"| {r['posterior']} | {r['model']} | {r['replications']} | {r['rounds']} | "
+            f"{r['p_value']:.3g} | **{r['verdict']}** | {blocks} | {cov} | "
+            f"{r['controls_rejected']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_calibration_table(rows: list[dict], out_dir, *, settings: dict | None = None) -> Path:
+    """Write ``out_dir/table.csv``, ``table.md`` and ``table.json`` (with provenance).
+
+    Returns the path of the JSON file.
+    """
+    import csv
+
+    from ppl_bandits.provenance import collect_versions, command_line, write_json
+
+    if not rows:
+        raise ValueError("rows is empty; expected the rows of calibration_table")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = [
+        c
+        for col in TABLE_COLUMNS
+        for c in ((col, f"{col}_se") if col.startswith("coverage_") else (col,))
+    ]
+    with open(out / "table.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "table.md").write_text(_markdown(rows))
+    settings = dict(settings or {})
+    return write_json(
+        out / "table.json",
+        {
+            "rows": rows,
+            "settings": settings,
+            "alpha": settings.get("alpha", ALPHA),
+            "command": settings.get("command") or command_line(),
+            "seed": settings.get("seed"),
+            "versions": collect_versions(),
+        },
+    )
