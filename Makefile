@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= reports/demo
 
-.PHONY: install demo test test-fast test-slow lint format bench clean
+.PHONY: install demo test test-fast test-slow lint format bench clean docs notebooks
 
 install: $(STAMP)
 
@@ -37,6 +37,24 @@ format: install
 
 bench: install
 	cd benchmarks && ../$(BIN)/python run_all.py
+
+# Documentation: the Sphinx site (API from the docstrings, the notebooks as tutorials,
+# the CLI reference), built strictly (every warning is an error) into $(DOCS_OUT).
+# The `test` extra includes the `docs` extra (tests/test_docs.py builds the site), so
+# `install` provides Sphinx, myst-nb, furo, sphinx-argparse and nbconvert.
+DOCS_OUT ?= reports/docs
+
+docs: install
+	$(BIN)/sphinx-build -b html -W --keep-going -q docs $(DOCS_OUT)
+	@echo "documentation: $(DOCS_OUT)/index.html"
+
+# The teaching notebooks executed at NB_SIZE (teaching: minutes per notebook; small: the
+# size `make test` runs) and rendered with their outputs to $(NB_OUT)/*.html.
+NB_OUT ?= reports/notebooks
+NB_SIZE ?= teaching
+
+notebooks: install
+	$(BIN)/python notebooks/render.py --size $(NB_SIZE) --out $(NB_OUT)
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache
