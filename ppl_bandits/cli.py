@@ -85,32 +85,72 @@ def build_parser() -> argparse.ArgumentParser:
     _audit_arguments(audit, out_default="reports/audit")
 
     disc = sub.add_parser(
-        "discrepancy", help="discrepancy of the approximate posteriors against rounds"
+        "discrepancy",
+        help="discrepancy of the approximate posteriors against rounds (and pre-training size)",
+        description="Without --model: meTS-GLM and the factored meTS posteriors against rounds. "
+        "With --model diffusion-neural: the dTS audit studies (against rounds, against the "
+        "DDPM pre-training sample size, and the paper's posterior-quality check).",
+    )
+    disc.add_argument(
+        "--model",
+        choices=("mixed-effect", "diffusion-neural"),
+        default="mixed-effect",
+        help="which study (default mixed-effect)",
     )
     disc.add_argument(
         "--rounds-list",
         type=_checkpoints,
-        default=[0, 50, 200, 1000],
-        help="checkpoints, comma-separated (default 0,50,200,1000)",
+        default=None,
+        help="checkpoints, comma-separated (default 0,50,200,1000; diffusion-neural 0,10,100,1000)",
     )
-    disc.add_argument("--K", type=_positive_int, default=10)
-    disc.add_argument("--L", type=_positive_int, default=2)
+    disc.add_argument("--K", type=_positive_int, default=None, help="default 10 (dTS: 1)")
+    disc.add_argument("--L", type=_positive_int, default=None, help="default 2 (DDPM steps: 10)")
     disc.add_argument("--d", type=_positive_int, default=2)
     disc.add_argument("--seed", type=int, default=0)
     disc.add_argument("--warmup", type=_positive_int, default=1000)
     disc.add_argument("--samples", type=_positive_int, default=1000)
+    disc.add_argument(
+        "--pretrain-sizes",
+        type=_checkpoints,
+        default=[10, 100, 1000, 10000],
+        help="diffusion-neural: DDPM pre-training sample sizes (default 10,100,1000,10000)",
+    )
+    disc.add_argument(
+        "--pretrain-samples",
+        type=_positive_int,
+        default=1000,
+        help="diffusion-neural: pre-training samples of the rounds study (default 1000)",
+    )
+    disc.add_argument(
+        "--pretrain-steps", type=_positive_int, default=3000, help="Adam steps of pre-training"
+    )
+    disc.add_argument(
+        "--quality-rounds",
+        type=_positive_int,
+        default=100,
+        help="diffusion-neural: rounds of the pre-training study and the quality check",
+    )
+    disc.add_argument("--prior-dir", help="diffusion-neural: a saved DDPM (skips pre-training)")
     disc.add_argument("--out", default="reports/discrepancy")
 
     cal = sub.add_parser(
         "calibrate", help="simulation-based calibration of a posterior under adaptive data"
     )
-    cal.add_argument(
-        "--posterior", required=True, help="an agent name (meTS-Lin, LinTS, ...) or AGENT:CONTROL"
+    which = cal.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--posterior",
+        help="an agent name (meTS-Lin, LinTS, ...), dTS (linear links, exact), dTS-neural "
+        "(neural links, the dTS approximation), or POSTERIOR:CONTROL",
+    )
+    which.add_argument(
+        "--all",
+        action="store_true",
+        help="every posterior at the same size: OUT/table.csv, table.md, table.json",
     )
     cal.add_argument("--replications", type=_positive_int, default=200)
     cal.add_argument("--rounds", type=_positive_int, default=100)
     cal.add_argument("--K", type=_positive_int, default=10)
-    cal.add_argument("--L", type=_positive_int, default=2)
+    cal.add_argument("--L", type=_positive_int, default=2, help="effects, or diffusion levels")
     cal.add_argument("--d", type=_positive_int, default=2)
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--alpha", type=float, default=0.01)
@@ -125,6 +165,32 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--delta", type=float, default=0.1)
     cc.add_argument("--seed", type=int, default=0)
     cc.add_argument("--out", default="reports/coupling")
+
+    pre = sub.add_parser(
+        "pretrain",
+        help="pre-train a DDPM diffusion prior (dTS) and write it with a figure and a record",
+        description="Writes OUT/ddpm_params.npz, ddpm_settings.json (the prior that "
+        "simulate --prior-dir loads), pretrain.png, losses.csv and pretrain.json.",
+    )
+    pre.add_argument(
+        "--samples",
+        required=True,
+        help="swiss-roll, gaussian, mixture, or a .npy/.csv file with one sample per row",
+    )
+    pre.add_argument("--steps", type=int, default=20, help="L, number of diffusion steps")
+    pre.add_argument("--num-samples", type=int, default=1000, help="draws of a named training set")
+    pre.add_argument("--dim", type=int, help="dimension of a named set (default 2)")
+    pre.add_argument(
+        "--epochs", type=int, default=20000, help="passes over the data (paper: 20000)"
+    )
+    pre.add_argument("--hidden", type=int, default=64, help="units per hidden layer")
+    pre.add_argument("--schedule", choices=("linear", "cosine"), default="linear")
+    pre.add_argument("--beta-start", type=float, default=1e-3)
+    pre.add_argument("--beta-end", type=float, default=0.5)
+    pre.add_argument("--model-samples", type=int, default=2000, help="draws for the figure")
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--out", default="reports/pretrain", help="output directory")
+    pre.add_argument("--quiet", action="store_true", help="no progress bar")
 
     demo = sub.add_parser(
         "demo", help="audit meTS-Lin on the mixed-effect linear model (small default)"
@@ -146,13 +212,20 @@ def _checkpoints(text: str) -> list[int]:
 
 
 def _audit_arguments(p: argparse.ArgumentParser, *, out_default: str) -> None:
-    from validation.audit import AUDIT_AGENTS, AUDIT_MODELS
+    from validation.audit import AUDIT_FAMILIES
 
-    p.add_argument("--model", default="mixed-effect-linear", help=", ".join(AUDIT_MODELS))
-    p.add_argument("--agent", default="meTS-Lin", help=", ".join(AUDIT_AGENTS))
+    p.add_argument("--model", default="mixed-effect-linear", help=", ".join(AUDIT_FAMILIES))
+    p.add_argument(
+        "--agent",
+        default="meTS-Lin",
+        help="; ".join(f"{m}: {', '.join(f.agents)}" for m, f in AUDIT_FAMILIES.items()),
+    )
     p.add_argument("--K", type=_positive_int, default=10, help="number of actions")
-    p.add_argument("--L", type=_positive_int, default=2, help="number of effects")
+    p.add_argument(
+        "--L", type=_positive_int, default=2, help="number of effects (or diffusion levels)"
+    )
     p.add_argument("--d", type=_positive_int, default=2, help="context dimension")
+    p.add_argument("--N", type=_positive_int, default=10, help="linear-bandit: arms per round")
     p.add_argument("--rounds", type=_positive_int, default=200)
     p.add_argument(
         "--checkpoints",
@@ -171,6 +244,28 @@ def _audit_arguments(p: argparse.ArgumentParser, *, out_default: str) -> None:
         "--parameterization", choices=("auto", "centered", "noncentered"), default="auto"
     )
     p.add_argument("--no-negative-controls", action="store_true")
+    p.add_argument(
+        "--prior",
+        choices=("random", "ddpm"),
+        default="random",
+        help="diffusion-neural: random MLP links or a DDPM prior",
+    )
+    p.add_argument("--prior-dir", help="diffusion-neural: directory of a saved DDPM (save_ddpm)")
+    p.add_argument(
+        "--pretrain-samples",
+        type=_positive_int,
+        default=1000,
+        help="diffusion-neural DDPM: N(0, I) samples to pre-train on",
+    )
+    p.add_argument("--pretrain-steps", type=_positive_int, default=3000, help="DDPM: Adam steps")
+    p.add_argument("--ddpm-steps", type=_positive_int, default=10, help="DDPM: diffusion steps L")
+    p.add_argument(
+        "--posterior-samples",
+        type=_positive_int,
+        default=20000,
+        help="draws that represent a non-Gaussian claimed posterior (dTS, neural links)",
+    )
+    p.add_argument("--data", help="mixed-effect: path of a real data set (MovieLens)")
     p.add_argument("--out", default=out_default)
 
 
@@ -194,6 +289,14 @@ def _audit(args, command: str) -> int:
         num_warmup=args.warmup,
         num_samples=args.samples,
         negative_controls=not args.no_negative_controls,
+        num_arms=args.N,
+        prior=args.prior,
+        prior_dir=args.prior_dir,
+        pretrain_samples=args.pretrain_samples,
+        pretrain_steps=args.pretrain_steps,
+        ddpm_steps=args.ddpm_steps,
+        posterior_samples=args.posterior_samples,
+        data=args.data,
         out_dir=args.out,
     )
     record = outcome.record | {
@@ -219,7 +322,12 @@ def _audit(args, command: str) -> int:
 def _discrepancy(args, command: str) -> int:
     from validation.discrepancy_study import run_discrepancy_study, write_discrepancy_study
 
+    if args.model == "diffusion-neural":
+        return _diffusion_study(args, command)
     t0 = time.perf_counter()
+    args.rounds_list = args.rounds_list or [0, 50, 200, 1000]
+    args.K = args.K or 10
+    args.L = args.L or 2
     settings = {
         "rounds": args.rounds_list,
         "num_actions": args.K,
@@ -263,9 +371,98 @@ def _discrepancy(args, command: str) -> int:
     return 0
 
 
+def _diffusion_study(args, command: str) -> int:
+    from validation.diffusion_study import run_diffusion_study, write_diffusion_study
+
+    t0 = time.perf_counter()
+    settings = {
+        "rounds": args.rounds_list or [0, 10, 100, 1000],
+        "pretrain_sizes": args.pretrain_sizes,
+        "pretrain_samples": args.pretrain_samples,
+        "pretrain_steps": args.pretrain_steps,
+        "quality_rounds": args.quality_rounds,
+        "num_actions": args.K or 1,
+        "dim": args.d,
+        "ddpm_steps": args.L or 10,
+        "seed": args.seed,
+        "num_warmup": args.warmup,
+        "num_samples": args.samples,
+        "prior_dir": args.prior_dir,
+    }
+    result = run_diffusion_study(**settings)
+    path = write_diffusion_study(
+        result,
+        args.out,
+        command=command,
+        seed=args.seed,
+        settings=settings,
+        wall_seconds=time.perf_counter() - t0,
+    )
+    _print_diffusion_rows(result["rows"])
+    q = result["quality"]
+    print(
+        f"\nposterior quality ({q['pretrain_samples']} pre-training samples, {q['rounds']} "
+        f"rounds): dTS vs exact Gaussian (true prior) max|SME| "
+        f"{q['dts_vs_exact_max_abs_sme']:.3f}, W2 {q['dts_vs_exact_w2']:.3f} "
+        f"(iid floor {q['exact_w2_iid_floor']:.3f})"
+    )
+    print(f"wrote {path}, {path.with_suffix('.json')}, quality.json and two PNGs")
+    return 0
+
+
+def _print_diffusion_rows(rows) -> None:
+    def f(r, k, fmt=".3f"):
+        v = r.get(k)
+        return "n/a" if v is None else format(v, fmt)
+
+    print(
+        f"\n{'study':<9} {'n_pre':>6} {'rounds':>6} | dTS vs NUTS: {'max|SME|':>8} "
+        f"{'sd ratio':>11} {'W2 (floor)':>15} | vs exact (true prior): {'dTS W2':>7} "
+        f"{'NUTS W2':>7} {'floor':>6}"
+    )
+    for r in rows:
+        sd = (
+            "n/a"
+            if r.get("min_sd_ratio") is None
+            else f"{r['min_sd_ratio']:.2f}-{r['max_sd_ratio']:.2f}"
+        )
+        print(
+            f"{r['study']:<9} {r['pretrain_samples']:>6} {r['rounds']:>6} | "
+            f"{'':>12} {f(r, 'max_abs_standardized_mean_error'):>8} {sd:>11} "
+            f"{f(r, 'w2'):>7} ({f(r, 'w2_iid_floor')}) | {'':>22} "
+            f"{f(r, 'dts_vs_exact_w2'):>7} {f(r, 'nuts_vs_exact_w2'):>7} "
+            f"{f(r, 'exact_w2_iid_floor'):>6}"
+        )
+
+
+def _calibrate_all(args, command: str) -> int:
+    from validation.calibration import calibration_table, write_calibration_table
+
+    t0 = time.perf_counter()
+    settings = {
+        "replications": args.replications,
+        "rounds": args.rounds,
+        "num_actions": args.K,
+        "num_effects": args.L,
+        "dim": args.d,
+        "seed": args.seed,
+        "alpha": args.alpha,
+    }
+    rows = calibration_table(**settings, out_dir=args.out, progress=True)
+    settings.update(command=command, wall_seconds=time.perf_counter() - t0)
+    path = write_calibration_table(rows, args.out, settings=settings)
+    print(path.with_name("table.md").read_text(), end="")
+    print(f"wrote {path}, {path.with_suffix('.csv')}, {path.with_suffix('.md')}")
+    print(f"total {settings['wall_seconds']:.1f} s")
+    # Exit 0 when every control is rejected: a posterior's own verdict is a finding.
+    return 0 if all(c["rejected"] for r in rows for c in r["controls"]) else 1
+
+
 def _calibrate(args, command: str) -> int:
     from validation.calibration import run_calibration, write_calibration
 
+    if args.all:
+        return _calibrate_all(args, command)
     t0 = time.perf_counter()
     result = run_calibration(
         args.posterior,
@@ -423,6 +620,37 @@ def _simulate(args, command: str) -> int:
     return 0
 
 
+def _pretrain(args, command: str) -> int:
+    from ppl_bandits.ddpm import pretrain
+
+    record = pretrain(
+        args.samples,
+        args.out,
+        num_steps=args.steps,
+        num_samples=args.num_samples,
+        dim=args.dim,
+        epochs=args.epochs,
+        hidden=args.hidden,
+        schedule=args.schedule,
+        beta_start=args.beta_start,
+        beta_end=args.beta_end,
+        seed=args.seed,
+        model_samples=args.model_samples,
+        progress=not args.quiet,
+        command=command,
+    )
+    print(
+        f"DDPM on {record['samples']} ({record['num_samples']} x {record['dim']}), "
+        f"L={args.steps}, {record['epochs']} epochs ({record['adam_steps']} Adam steps): "
+        f"{record['training_seconds']:.1f} s, final loss {record['final_loss']:.4g}"
+    )
+    fmt = ", ".join
+    print(f"  training mean [{fmt(f'{v:.3f}' for v in record['training_mean'])}]")
+    print(f"  model mean    [{fmt(f'{v:.3f}' for v in record['model_mean'])}]")
+    print("wrote " + ", ".join(str(Path(args.out) / f) for f in record["files"]))
+    return 0
+
+
 def main(argv=None) -> int:
     from ppl_bandits.runtime import configure_cpu
 
@@ -443,6 +671,8 @@ def main(argv=None) -> int:
             return _calibrate(args, command)
         if args.command == "check-coupling":
             return _check_coupling(args, command)
+        if args.command == "pretrain":
+            return _pretrain(args, command)
     except ValueError as exc:
         print(f"ppl-bandits {args.command}: error: {exc}", file=sys.stderr)
         return 2

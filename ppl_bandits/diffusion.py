@@ -92,6 +92,7 @@ __all__ = [
     "log_posterior_density",
     "make_diffusion_agent",
     "marginal_action_prior",
+    "marginal_mixed_effect_prior",
     "recursive_joint_posterior",
     "sample_posterior",
 ]
@@ -179,6 +180,13 @@ def marginal_action_prior(prior: DiffusionPrior, key=None, num_samples: int = 10
         W = prior.links[0]
         cov = prior.sigma_theta + W @ C1 @ W.T
         return Gaussian(jnp.zeros((K, d), cov.dtype), _sym(cov))
+    mean, link_cov = _link_moments(prior, key, num_samples)
+    cov = prior.sigma_theta + link_cov[None]
+    return Gaussian(jnp.broadcast_to(mean, (K, d)), _sym(cov))
+
+
+def _link_moments(prior: DiffusionPrior, key, num_samples: int):
+    """Mean (d,) and covariance (d, d) of f_1(ψ_1) over ``num_samples`` prior draws."""
     if key is None:
         raise ValueError("key is None; neural priors need a key for the moment-matched prior")
     keys = jax.random.split(key, num_samples)
@@ -186,8 +194,31 @@ def marginal_action_prior(prior: DiffusionPrior, key=None, num_samples: int = 10
     loc = apply_link(prior, 1, psi[:, 0])
     mean = jnp.mean(loc, 0)
     r = loc - mean
-    cov = prior.sigma_theta + (r.T @ r / (num_samples - 1))[None]
-    return Gaussian(jnp.broadcast_to(mean, (K, d)), _sym(cov))
+    return mean, _sym(r.T @ r / (num_samples - 1))
+
+
+def marginal_mixed_effect_prior(prior: DiffusionPrior, key=None, num_samples: int = 1024):
+    r"""A one-effect :class:`~ppl_bandits.spec.MixedEffectPrior` with the θ_a marginals of
+    ``prior``, for the per-action baselines (LinTS, LinUCB, GLM-TS, UCB-GLM).
+
+    Those baselines use only each action's marginal prior, which this reproduces:
+    linear links give :func:`hierts2_prior` (exact marginals
+    :math:`\mathcal{N}(0, \Sigma_{1,a} + W_1C_1W_1^\top)`); neural links give
+    ψ ~ N(m, C), θ_a | ψ ~ N(ψ, Σ_{1,a}) with m, C the moments of ``num_samples`` prior
+    draws of f_1(ψ_1) (``key`` required), the moment-matched marginals of
+    :func:`marginal_action_prior`. Traceable (usable inside an agent's ``init``).
+    """
+    if prior.neural is None:
+        return hierts2_prior(prior)
+    mean, link_cov = _link_moments(prior, key, num_samples)
+    K, d = prior.num_actions, prior.dim
+    return mixed_effect_prior(
+        mean,
+        link_cov,
+        mixing=jnp.broadcast_to(jnp.eye(d, dtype=mean.dtype), (K, 1, d, d)),
+        sigma0=prior.sigma_theta,
+        noise_sd=prior.noise_sd,
+    )
 
 
 def laplace_stats(
@@ -476,10 +507,9 @@ def log_posterior_density(
     return total + jnp.sum(_mvn_logpdf(theta, cond.mean, cond.cov))
 
 
-def _descend(key, prior: DiffusionPrior, lat: LatentTerms, cond_feed, shift, cond_sqrt):
-    """ψ_L, then ψ_ℓ | ψ_{ℓ+1} down to ψ_1, then every θ_a | ψ_1 (vectorised)."""
+def _descend_latents(keys, prior: DiffusionPrior, lat: LatentTerms):
+    """ψ_L, then ψ_ℓ | ψ_{ℓ+1} down to ψ_1, with ``keys[ℓ−1]`` for ψ_ℓ; returns (L, d)."""
     L, d = prior.num_levels, prior.dim
-    keys = jax.random.split(key, L + 1)
     dtype = lat.shift.dtype
     psis = [None] * L
     z = jax.random.normal(keys[L - 1], (d,), dtype)
@@ -488,10 +518,37 @@ def _descend(key, prior: DiffusionPrior, lat: LatentTerms, cond_feed, shift, con
         z = jax.random.normal(keys[level - 1], (d,), dtype)
         loc = lat.feed[level - 1] @ apply_link(prior, level + 1, psis[level])
         psis[level - 1] = loc + lat.shift[level - 1] + lat.sqrt[level - 1] @ z
-    z = jax.random.normal(keys[L], shift.shape, dtype)
-    f1 = apply_link(prior, 1, psis[0])
+    return jnp.stack(psis)
+
+
+def _descend(key, prior: DiffusionPrior, lat: LatentTerms, cond_feed, shift, cond_sqrt):
+    """ψ_L, then ψ_ℓ | ψ_{ℓ+1} down to ψ_1, then every θ_a | ψ_1 (vectorised)."""
+    keys = jax.random.split(key, prior.num_levels + 1)
+    psi = _descend_latents(keys, prior, lat)
+    z = jax.random.normal(keys[-1], shift.shape, shift.dtype)
+    f1 = apply_link(prior, 1, psi[0])
     theta = jnp.einsum("kij,j->ki", cond_feed, f1) + shift + jnp.einsum("kij,kj->ki", cond_sqrt, z)
-    return jnp.stack(psis), theta
+    return psi, theta
+
+
+def _sample_scores(key, state: DTSState, contexts):
+    r"""One posterior draw of the scores :math:`x_a^\top\theta_a` of every action.
+
+    Given ψ_1 the θ_a are independent Gaussians, so :math:`x_a^\top\theta_a \mid \psi_1
+    \sim \mathcal{N}(x_a^\top(\hat\Sigma_aS_a f_1(\psi_1) + \hat\Sigma_aB_a), \|R_a^\top x_a\|^2)`
+    (:math:`\hat\Sigma_aS_a f_1(\psi_1) + \hat\Sigma_aB_a` is θ_a's conditional mean): the
+    same law as scoring a full θ draw (:func:`_descend`), with K normals instead of K d.
+    """
+    keys = jax.random.split(key, state.prior.num_levels + 1)
+    psi = _descend_latents(keys, state.prior, state.latent)
+    f1 = apply_link(state.prior, 1, psi[0])
+    # Batched matrix-vector products (einsum): under the runner's vmap these are several
+    # times faster on CPU than the equivalent multiply-and-sum.
+    u = jnp.einsum("kij,ki->kj", state.cond_feed, contexts)  # (Σ̂_a S_a)ᵀ x_a
+    v = jnp.einsum("kij,ki->kj", state.cond_sqrt, contexts)  # R_aᵀ x_a
+    mean = u @ f1 + jnp.sum(contexts * state.shift, -1)
+    z = jax.random.normal(keys[-1], mean.shape, mean.dtype)
+    return mean + jnp.sqrt(jnp.sum(v**2, -1)) * z
 
 
 def sample_posterior(key, prior: DiffusionPrior, stats: SufficientStats, method: str | None = None):
@@ -524,13 +581,11 @@ class DTSState(NamedTuple):
     count: jax.Array
     """(K,) rounds per action (per slot)."""
     P: jax.Array
-    """(K, d, d) P_a = S_a Σ̂_a G_a, precision of action a's observation of f_1(ψ_1)."""
+    """(K + 1, d, d) rows a < K: P_a = S_a Σ̂_a G_a, the precision of action a's observation
+    of f_1(ψ_1); row K: Σ_a P_a, kept up to date in O(d²) per round (one array, so that
+    XLA updates both rows in place)."""
     q: jax.Array
-    """(K, d) q_a = S_a Σ̂_a B_a, its natural mean."""
-    P_sum: jax.Array
-    """(d, d) Σ_a P_a, kept up to date in O(d²) per round."""
-    q_sum: jax.Array
-    """(d,) Σ_a q_a."""
+    """(K + 1, d) rows a < K: q_a = S_a Σ̂_a B_a, its natural mean; row K: Σ_a q_a."""
     S: jax.Array
     """(K, d, d) S_a = Σ_{1,a}⁻¹."""
     S_psi: jax.Array
@@ -583,10 +638,8 @@ def _dts_init(key, prior: DiffusionPrior, likelihood, horizon, shared, method) -
         G=G,
         B=B,
         count=jnp.zeros((K,), jnp.int32),
-        P=jnp.zeros((K, d, d), dtype),
-        q=jnp.zeros((K, d), dtype),
-        P_sum=zero,
-        q_sum=jnp.zeros((d,), dtype),
+        P=jnp.zeros((K + 1, d, d), dtype),
+        q=jnp.zeros((K + 1, d), dtype),
         S=S,
         S_psi=S_psi,
         cond_sqrt=cond_sqrt,
@@ -603,22 +656,29 @@ def _dts_init(key, prior: DiffusionPrior, likelihood, horizon, shared, method) -
     )
 
 
-def _dts_refresh(state: DTSState, a, G_a, B_a, method) -> DTSState:
-    """Recompute the played action's terms (O(d³)) and the recursion (O(L d³))."""
-    S_a = state.S[a]
+def _dts_refresh(state: DTSState, a, method) -> DTSState:
+    """Recompute the played action's terms (O(d³)) and the recursion (O(L d³)).
+
+    ``state.G`` and ``state.B`` already hold action ``a``'s new statistics. Only rows of
+    the (K, ...) arrays are read or written, and every new row depends only on rows read
+    after their array was written (G, B) or on old rows of its own array (P and q, whose
+    last row is the sum): XLA then updates the rows in place inside the runner's scan. A
+    row read from one array feeding the update of another makes XLA copy the whole
+    (K, d, d) array every round (ten times slower at K = 10⁴, d = 20).
+    """
+    K = state.P.shape[0] - 1
+    G_a, B_a, S_a = state.G[a], state.B[a], state.S[a]
     cond_cov, cond_sqrt, _ = _inverse_and_sqrt(S_a + G_a)
     SC = S_a @ cond_cov
     P_a = _sym(SC @ G_a)
     q_a = SC @ B_a
-    P_sum = _sym(state.P_sum + P_a - state.P[a])
-    q_sum = state.q_sum + q_a - state.q[a]
+    rows = jnp.stack([jnp.asarray(a, jnp.int32), jnp.asarray(K, jnp.int32)])
+    P = state.P.at[rows].set(jnp.stack([P_a, _sym(state.P[K] + P_a - state.P[a])]))
+    q = state.q.at[rows].set(jnp.stack([q_a, state.q[K] + q_a - state.q[a]]))
+    P_sum, q_sum = P[K], q[K]
     return state._replace(
-        G=state.G.at[a].set(G_a),
-        B=state.B.at[a].set(B_a),
-        P=state.P.at[a].set(P_a),
-        q=state.q.at[a].set(q_a),
-        P_sum=P_sum,
-        q_sum=q_sum,
+        P=P,
+        q=q,
         cond_sqrt=state.cond_sqrt.at[a].set(cond_sqrt),
         cond_feed=state.cond_feed.at[a].set(SC.T),
         shift=state.shift.at[a].set(cond_cov @ B_a),
@@ -680,12 +740,12 @@ def dts(
         return _dts_init(key, prior, likelihood, horizon, shared, _resolved(prior))
 
     def act(key, state: DTSState, contexts):
-        _, theta = _descend(
-            key, state.prior, state.latent, state.cond_feed, state.shift, state.cond_sqrt
-        )
         if shared:
+            _, theta = _descend(
+                key, state.prior, state.latent, state.cond_feed, state.shift, state.cond_sqrt
+            )
             return jnp.argmax(contexts @ theta[0])
-        return jnp.argmax(jnp.sum(contexts * theta, axis=-1))
+        return jnp.argmax(_sample_scores(key, state, contexts))
 
     def update(key, state: DTSState, contexts, action, reward):
         del key
@@ -695,9 +755,12 @@ def dts(
         count = state.count.at[slot].add(1)
         if likelihood == "gaussian":
             prec = 1.0 / state.noise_sd**2
-            G_a = state.G[slot] + prec * jnp.outer(x, x)
-            B_a = state.B[slot] + prec * reward * x
-            return _dts_refresh(state._replace(count=count), slot, G_a, B_a, m)
+            state = state._replace(
+                count=count,
+                G=state.G.at[slot].add(prec * jnp.outer(x, x)),
+                B=state.B.at[slot].add(prec * reward * x),
+            )
+            return _dts_refresh(state, slot, m)
         hist = _history_add(state.history, x, slot, reward)
         w = (hist.a == slot).astype(hist.y.dtype)
         lap = laplace_terms(
@@ -715,8 +778,10 @@ def dts(
             history=hist,
             theta0=state.theta0.at[slot].set(lap.point.mode),
             newton_failures=state.newton_failures + (~lap.point.converged).astype(jnp.int32),
+            G=state.G.at[slot].set(lap.H),
+            B=state.B.at[slot].set(lap.b),
         )
-        return _dts_refresh(state, slot, lap.H, lap.b, m)
+        return _dts_refresh(state, slot, m)
 
     return Agent(name, init, act, update)
 
