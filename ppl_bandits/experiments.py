@@ -257,4 +257,5 @@ def _register_builtin() -> None:
 _EXPERIMENT_MODULES: tuple[str, ...] = (
     "ppl_bandits.linear_contextual",
     "ppl_bandits.dts_experiments",
+    "ppl_bandits.movielens",
 )
