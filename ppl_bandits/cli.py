@@ -1,15 +1,16 @@
 """The ``ppl-bandits`` command line.
 
-``ppl-bandits simulate EXPERIMENT [--runs R] [--rounds N] [--K K --L L --d d] [--seed S]
-[--out DIR]`` runs a named experiment and writes DIR/regret.csv, DIR/regret.png and
-DIR/summary.json.
-
-``ppl-bandits audit --model MODEL --agent AGENT [--K --L --d --rounds --checkpoints t1,t2
---seed] --out DIR`` audits the agent's posterior against NUTS on the exact model and writes
-DIR/audit.json and DIR/report.html.
-
-``ppl-bandits demo`` is the audit of meTS-Lin on the mixed-effect linear model at its
-small default size.
+- ``simulate EXPERIMENT [--runs --rounds --K --L --d --N --agents --seed --set OPTION=VALUE]
+  --out DIR``: a named experiment (:mod:`ppl_bandits.experiments`); DIR/regret.csv,
+  regret.png, summary.json (and metrics.csv for extra curves).
+- ``audit --model MODEL --agent AGENT [...] --out DIR``: the agent's posterior against NUTS
+  on the exact model; DIR/audit.json and DIR/report.html.
+- ``discrepancy [--model diffusion-neural] --out DIR``: approximate posteriors against NUTS
+  over rounds (and pre-training size).
+- ``calibrate --posterior NAME | --all --out DIR``: simulation-based calibration.
+- ``check-coupling --out DIR``: the HCSA coupling checks.
+- ``pretrain --samples SET|FILE --steps L --out DIR``: a DDPM diffusion prior.
+- ``demo``: the audit of meTS-Lin on the mixed-effect linear model at its small default.
 """
 
 from __future__ import annotations
