@@ -42,6 +42,7 @@ Everything is a pure function of arrays; ``jax.jit`` and ``jax.vmap`` accept it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -81,6 +82,7 @@ __all__ = [
     "diffusion_stats",
     "dts",
     "empty_diffusion_stats",
+    "fixed_prior_environment",
     "hier_ts_1",
     "hier_ts_2",
     "hierts1_prior",
@@ -971,3 +973,50 @@ def diffusion_environment(
 
     name = f"diffusion-{link}-{reward}" + ("-shared" if shared else "")
     return Environment(name, draw, contexts, mean_rewards, sample_reward)
+
+
+def fixed_prior_environment(
+    prior: DiffusionPrior,
+    *,
+    truth: Callable | None = None,
+    noise_sd=None,
+    name: str = "diffusion-fixed-prior",
+) -> Environment:
+    """A bandit whose agents are told one fixed (e.g. pre-trained) diffusion prior.
+
+    Per run the true (ψ, θ) come from :func:`models.diffusion.sample_diffusion_parameters`
+    (well specified), or θ of shape (K, d) from ``truth(key)`` (misspecified; ψ is then
+    recorded as zeros, it has no meaning outside the model). Contexts x_t ~ U[−1, 1]^d are
+    shared by the actions; rewards x_tᵀθ_a + σ ε with σ = ``noise_sd`` (default the
+    prior's).
+
+    >>> from models.diffusion import diffusion_prior
+    >>> eye2 = jnp.stack([jnp.eye(2), jnp.eye(2)])
+    >>> prior = diffusion_prior(eye2, jnp.eye(2), num_actions=3, links=eye2)
+    >>> env = fixed_prior_environment(prior, truth=lambda k: jnp.ones((3, 2)))
+    >>> env.draw(jax.random.key(0))[1].theta.tolist()
+    [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]
+    """
+    K, d, L = prior.num_actions, prior.dim, prior.num_levels
+    sd = jnp.asarray(prior.noise_sd if noise_sd is None else noise_sd, prior.sigma_psi.dtype)
+
+    def draw(key):
+        if truth is None:
+            psi, theta = sample_diffusion_parameters(key, prior)
+        else:
+            theta = jnp.asarray(truth(key), prior.sigma_psi.dtype).reshape(K, d)
+            psi = jnp.zeros((L, d), theta.dtype)
+        return prior, DiffusionParams(psi, theta, sd)
+
+    def contexts(key, params: DiffusionParams, t=None):  # iid: the round index is unused
+        x = jax.random.uniform(key, (d,), params.theta.dtype, -1.0, 1.0)
+        return jnp.broadcast_to(x, (K, d))
+
+    def mean_rewards(params: DiffusionParams, ctx):
+        return jnp.sum(ctx * params.theta, axis=-1)
+
+    def reward(key, params: DiffusionParams, ctx, action):
+        mean = mean_rewards(params, ctx)[action]
+        return mean + params.noise_sd * jax.random.normal(key, (), mean.dtype)
+
+    return Environment(name, draw, contexts, mean_rewards, reward)

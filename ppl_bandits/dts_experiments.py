@@ -44,7 +44,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ppl_bandits.experiments import ExperimentSpec, check_positive_ints
@@ -204,32 +203,18 @@ def swiss_roll_environment(
     (5, 2)
     """
     from ppl_bandits.ddpm import training_set
-    from ppl_bandits.diffusion import DiffusionParams
+    from ppl_bandits.diffusion import fixed_prior_environment
 
     K, d = int(num_actions), int(prior.dim)
     if prior.num_actions != K:
         raise ValueError(f"prior has {prior.num_actions} actions; expected num_actions={K}")
     if d != 2:
         raise ValueError(f"prior has dim {d}; the Swiss roll is 2-dimensional")
-    sd = jnp.asarray(noise_sd, prior.sigma_psi.dtype)
 
-    def draw(key):
-        theta = training_set("swiss-roll", K, key, dim=2).astype(sd.dtype)
-        psi = jnp.zeros((prior.num_levels, d), sd.dtype)  # not part of the truth
-        return prior, DiffusionParams(psi, theta, sd)
+    def truth(key):
+        return training_set("swiss-roll", K, key, dim=2)
 
-    def contexts(key, params, t=None):
-        x = jax.random.uniform(key, (d,), params.theta.dtype, -1.0, 1.0)
-        return jnp.broadcast_to(x, (K, d))
-
-    def mean_rewards(params, ctx):
-        return jnp.sum(ctx * params.theta, axis=-1)
-
-    def reward(key, params, ctx, action):
-        mean = mean_rewards(params, ctx)[action]
-        return mean + params.noise_sd * jax.random.normal(key, (), mean.dtype)
-
-    return Environment(name, draw, contexts, mean_rewards, reward)
+    return fixed_prior_environment(prior, truth=truth, noise_sd=noise_sd, name=name)
 
 
 def _swiss_roll_build(settings: dict, agents):

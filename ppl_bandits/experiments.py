@@ -39,6 +39,7 @@ __all__ = [
     "check_positive_ints",
     "cumulative_regret",
     "list_experiments",
+    "mixed_effect_agents",
     "register_experiment",
     "resolve_experiment",
     "run_experiment",
@@ -187,9 +188,20 @@ _FIG2 = {
 }
 
 
+def mixed_effect_agents(settings: dict, agents, default_agents) -> list[Agent]:
+    """The meTS-family agents of an experiment: ``agents`` (names a user asked for) or
+    ``default_agents``, built for ``settings["num_rounds"]`` and its factored variant."""
+    from ppl_bandits.agents import make_agent, resolve_agent_name
+
+    names = default_agents if agents is None else tuple(resolve_agent_name(a) for a in agents)
+    return [
+        make_agent(n, horizon=settings["num_rounds"], factored_variant=settings["factored_variant"])
+        for n in names
+    ]
+
+
 def _mixed_effect_builder(reward: str, default_agents: tuple[str, ...]):
     def build(settings: dict, agents):
-        from ppl_bandits.agents import make_agent, resolve_agent_name
         from ppl_bandits.environments import mixed_effect_environment
 
         check_positive_ints(settings, ("num_actions", "num_effects", "dim"))
@@ -206,14 +218,7 @@ def _mixed_effect_builder(reward: str, default_agents: tuple[str, ...]):
             reward=reward,
             context=settings["context"],
         )
-        names = default_agents if agents is None else tuple(resolve_agent_name(a) for a in agents)
-        built = [
-            make_agent(
-                n, horizon=settings["num_rounds"], factored_variant=settings["factored_variant"]
-            )
-            for n in names
-        ]
-        return env, built
+        return env, mixed_effect_agents(settings, agents, default_agents)
 
     return build
 

@@ -981,7 +981,7 @@ def _common_settings(settings: dict, name: str) -> None:
 
 def _mets_builder(reward: str, default_agents: tuple[str, ...]):
     def build(settings: dict, agents):
-        from ppl_bandits.agents import make_agent, resolve_agent_name
+        from ppl_bandits.experiments import mixed_effect_agents
 
         _common_settings(settings, f"movielens-{reward}")
         if settings["factored_variant"] not in ("mean-field", "published"):
@@ -1004,14 +1004,7 @@ def _mets_builder(reward: str, default_agents: tuple[str, ...]):
             holdout=float(settings["holdout"]),
         )
         _record_embeddings(settings)
-        names = default_agents if agents is None else tuple(resolve_agent_name(a) for a in agents)
-        built = [
-            make_agent(
-                n, horizon=settings["num_rounds"], factored_variant=settings["factored_variant"]
-            )
-            for n in names
-        ]
-        return env, built
+        return env, mixed_effect_agents(settings, agents, default_agents)
 
     return build
 

@@ -578,39 +578,11 @@ def dts_posterior_samples(state, num_samples: int, seed: int = 0) -> SampledPost
 
 
 def ddpm_environment(prior, *, truth: Callable | None = None, name: str = "diffusion-ddpm"):
-    """A bandit whose prior is a fixed (pre-trained) :class:`~models.diffusion.DiffusionPrior`.
+    """A bandit whose prior is a fixed (pre-trained) :class:`~models.diffusion.DiffusionPrior`:
+    :func:`ppl_bandits.diffusion.fixed_prior_environment` with the prior's noise sd."""
+    from ppl_bandits.diffusion import fixed_prior_environment
 
-    Per run, the true (ψ, θ) come from :func:`models.diffusion.sample_diffusion_parameters`
-    (the model is well specified), or θ (K, d) from ``truth(key)`` (then ψ is recorded as
-    zeros: it has no meaning outside the model). Contexts x_t ~ U[−1, 1]^d are shared by
-    the actions; rewards x_tᵀθ_a + σ ε with σ the prior's ``noise_sd``.
-    """
-    from models.diffusion import sample_diffusion_parameters
-    from ppl_bandits.diffusion import DiffusionParams
-    from ppl_bandits.types import Environment
-
-    K, d, L = prior.num_actions, prior.dim, prior.num_levels
-
-    def draw(key):
-        if truth is None:
-            psi, theta = sample_diffusion_parameters(key, prior)
-        else:
-            theta = jnp.asarray(truth(key), prior.sigma_psi.dtype).reshape(K, d)
-            psi = jnp.zeros((L, d), theta.dtype)
-        return prior, DiffusionParams(psi, theta, prior.noise_sd)
-
-    def contexts(key, params, t=None):
-        x = jax.random.uniform(key, (d,), params.theta.dtype, -1.0, 1.0)
-        return jnp.broadcast_to(x, (K, d))
-
-    def mean_rewards(params, ctx):
-        return jnp.sum(ctx * params.theta, axis=-1)
-
-    def reward(key, params, ctx, action):
-        mean = mean_rewards(params, ctx)[action]
-        return mean + params.noise_sd * jax.random.normal(key, (), mean.dtype)
-
-    return Environment(name, draw, contexts, mean_rewards, reward)
+    return fixed_prior_environment(prior, truth=truth, name=name)
 
 
 def pretrain_ddpm_prior(
