@@ -700,9 +700,10 @@ def dts(
 ) -> Agent:
     """Diffusion Thompson sampling (dTS).
 
-    Per round: ψ_L from its posterior, ψ_ℓ | ψ_{ℓ+1} down to ψ_1, every θ_a | ψ_1
-    (vectorised), play the argmax of x_aᵀθ_a, update the played action's terms and the
-    O(L d³) recursion. Cost O((L + K) d³) time and O((L + K) d²) memory per round.
+    Per round: ψ_L from its posterior, ψ_ℓ | ψ_{ℓ+1} down to ψ_1, then for every action the
+    score x_aᵀθ_a drawn from its exact law given ψ_1 (vectorised; the shared variant draws
+    θ itself), play the argmax, update the played action's terms (O(d³)) and the O(L d³)
+    recursion. Cost O(L d³ + K d²) time and O((L + K) d²) memory per round.
 
     Parameters
     ----------

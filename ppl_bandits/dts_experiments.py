@@ -234,7 +234,10 @@ def _swiss_roll_build(settings: dict, agents):
                 f"prior_dir {settings['prior_dir']!r} holds a DDPM of dim {ddpm_settings.dim}; "
                 "expected 2 (the Swiss roll)"
             )
+        # The loaded DDPM fixes L; the pre-training options were not used (recorded as null).
         settings["num_effects"] = ddpm_settings.num_steps
+        for unused in ("pretrain_samples", "pretrain_epochs", "pretrain_hidden", "pretrain_seed"):
+            settings[unused] = None
         settings["pretrain"] = {"prior_dir": str(settings["prior_dir"])}
     else:
         params, ddpm_settings, info = _pretrained_swiss_roll(

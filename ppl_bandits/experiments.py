@@ -52,8 +52,8 @@ class ExperimentSpec(NamedTuple):
     ``defaults`` lists every option the experiment takes with its default (``num_runs``
     and ``num_rounds`` always). ``build(settings, agents)`` returns the environment and the
     agents; ``agents`` is None for the experiment's own list, or the names a user asked
-    for. ``metrics(settings, env, problems, result)``, if given, returns extra per-round
-    curves ``{metric: (rounds, values)}`` with ``values`` of shape (runs, len(rounds)),
+    for. ``metrics(settings, env, problems, agent, result)``, if given, returns extra
+    per-round curves ``{metric: (rounds, values)}`` with ``values`` of shape (runs, len(rounds)),
     written next to the regret by :mod:`ppl_bandits.report`.
     """
 
@@ -78,11 +78,17 @@ def register_experiment(spec: ExperimentSpec) -> ExperimentSpec:
 
 
 def check_positive_ints(settings: dict, keys) -> None:
-    """Raise a ValueError naming the first of ``keys`` that is not an integer >= 1."""
+    """Raise a ValueError naming the first of ``keys`` that is not an integer >= 1; whole
+    numbers given as floats (``--set num_actions=1e2``) are stored back as ints."""
     for k in keys:
         v = settings[k]
-        if isinstance(v, bool) or int(v) != v or v < 1:
+        try:
+            ok = not isinstance(v, bool) and int(v) == v and v >= 1
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
             raise ValueError(f"{k} is {v!r}; expected an integer >= 1")
+        settings[k] = int(v)
 
 
 class ExperimentResult(NamedTuple):
@@ -223,15 +229,28 @@ def _mixed_effect_builder(reward: str, default_agents: tuple[str, ...]):
     return build
 
 
-_BUILTIN_DONE = False
+_BUILTIN_STATE = "pending"
 
 
 def _register_builtin() -> None:
-    """Register the experiments of every module once (lazily, to keep imports light)."""
-    global _BUILTIN_DONE
-    if _BUILTIN_DONE:
+    """Register the experiments of every module once (lazily, to keep imports light).
+
+    A module that fails to import leaves the registry to be filled again on the next call
+    (the error propagates); a module's registration may itself look up experiments.
+    """
+    global _BUILTIN_STATE
+    if _BUILTIN_STATE != "pending":
         return
-    _BUILTIN_DONE = True
+    _BUILTIN_STATE = "registering"
+    try:
+        _register_all()
+    except BaseException:
+        _BUILTIN_STATE = "pending"
+        raise
+    _BUILTIN_STATE = "done"
+
+
+def _register_all() -> None:
     register_experiment(
         ExperimentSpec(
             "mets-linear",

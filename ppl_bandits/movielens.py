@@ -296,7 +296,8 @@ def load_ratings(path, *, format: str | None = None) -> Ratings:
     table = values.reshape(len(body), 4)
     ids = table[:, :2]
     if not np.all(np.isfinite(ids)) or np.any(ids != np.round(ids)):
-        row = int(np.flatnonzero(np.any(ids != np.round(ids), axis=1) | ~np.isfinite(ids[:, 0]))[0])
+        bad_rows = ~np.all(np.isfinite(ids), axis=1) | np.any(ids != np.round(ids), axis=1)
+        row = int(np.flatnonzero(bad_rows)[0])
         raise ValueError(
             f"MovieLens file {str(file)!r}: rating {row + 1} has user/item ids "
             f"{ids[row].tolist()}; expected integers"
@@ -800,13 +801,22 @@ def pretrain_movie_prior(
     half = len(order) // 2
     pre_idx, act_idx = order[:half], order[half:]
     if pretrain_samples is not None:
-        if int(pretrain_samples) != pretrain_samples or pretrain_samples < num_effects:
+        if (
+            int(pretrain_samples) != pretrain_samples
+            or not max(num_effects, 2) <= pretrain_samples <= half
+        ):
             raise ValueError(
-                f"pretrain_samples is {pretrain_samples!r}; expected an integer >= num_effects"
+                f"pretrain_samples is {pretrain_samples!r}; expected an integer in "
+                f"[{max(num_effects, 2)}, {half}] (the pre-training half of the movies)"
             )
         pre_idx = pre_idx[: int(pretrain_samples)]
     vectors = s.embeddings.item[s.movies]
     scale = vectors[pre_idx].std(axis=0)
+    if not np.all(np.isfinite(scale) & (scale > 0)):
+        raise ValueError(
+            f"the pre-training movie vectors have per-dimension sd {scale.tolist()}; expected "
+            "positive numbers (more pretrain_samples, or a lower rank)"
+        )
     pre = vectors[pre_idx] / scale
     act = vectors[act_idx] / scale
     settings = DDPMSettings(dim=int(rank), num_steps=int(num_steps), hidden=int(hidden))

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ppl_bandits.experiments import EXPERIMENTS, ExperimentResult, cumulative_regret
+from ppl_bandits.experiments import (
+    EXPERIMENTS,
+    ExperimentResult,
+    cumulative_regret,
+    list_experiments,
+)
 from ppl_bandits.provenance import collect_versions, write_json
 
 __all__ = ["write_simulation_report"]
@@ -18,9 +23,10 @@ _SHORT = {"num_actions": "K", "num_effects": "L", "dim": "d", "num_arms": "N"}
 
 def _title(result: ExperimentResult) -> str:
     s = result.settings
+    list_experiments()  # registers the built-in experiments if nothing has yet
     spec = EXPERIMENTS.get(result.name)
     keys = spec.title_keys if spec is not None else ()
-    parts = [f"{_SHORT.get(k, k)}={s[k]}" for k in keys if k in s]
+    parts = [f"{_SHORT.get(k, k)}={s[k]}" for k in keys if s.get(k) is not None]
     return f"{result.name}: " + ", ".join([*parts, f"{s['num_runs']} runs (±2 se)"])
 
 

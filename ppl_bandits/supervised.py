@@ -31,6 +31,7 @@ scale. The Gaussian likelihood the agents assume (σ = ``noise_sd``) is misspeci
 
 from __future__ import annotations
 
+import math
 import time
 from typing import NamedTuple
 
@@ -228,6 +229,8 @@ def supervised_environment(task: SupervisedTask, *, noise_sd: float = NOISE_SD):
     from ppl_bandits.ddpm import ddpm_prior
     from ppl_bandits.types import Environment
 
+    if not (isinstance(noise_sd, int | float) and math.isfinite(noise_sd) and noise_sd > 0):
+        raise ValueError(f"noise_sd is {noise_sd!r}; expected a positive number")
     key = ("env", id(task), noise_sd)
     if key in _CACHE:
         return _CACHE[key]

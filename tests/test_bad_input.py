@@ -94,6 +94,9 @@ def test_logistic_rewards_must_be_binary():
         (lambda: mixed_effect_environment(4, 2, 2, context="per-arm"), r"context is 'per-arm'"),
         (lambda: build_experiment("mets-poisson"), r"experiment is 'mets-poisson'; expected one"),
         (lambda: build_experiment("mets-linear", num_rounds=0), r"num_rounds is 0"),
+        (lambda: build_experiment("mets-linear", num_runs=float("inf")), r"num_runs is inf"),
+        (lambda: build_experiment("mets-linear", num_actions=float("nan")), r"num_actions is nan"),
+        (lambda: build_experiment("mets-linear", num_actions=2.5), r"num_actions is 2.5"),
         (lambda: mets("poisson"), r"likelihood is 'poisson'"),
         (lambda: mets(factored="sideways"), r"factored is 'sideways'"),
         (lambda: lin_ucb(delta=1.5), r"delta is 1.5; expected a number in \(0, 1\)"),
@@ -119,6 +122,14 @@ def test_cli_reports_unknown_names(capsys):
     assert "experiment is 'no-such-experiment'" in capsys.readouterr().err
     assert main(["simulate", "mets-linear", "--agents", "meTS-Typo", "--rounds", "2"]) == 2
     assert "agent is 'meTS-Typo'" in capsys.readouterr().err
+
+
+def test_whole_floats_from_set_become_ints():
+    """``--set num_actions=1e2`` reads as the float 100.0; it is accepted and stored as 100
+    (the fractional values above are the control)."""
+    _, _, settings = build_experiment("mets-linear", num_actions=1e2, num_rounds=3.0)
+    assert settings["num_actions"] == 100 and isinstance(settings["num_actions"], int)
+    assert settings["num_rounds"] == 3 and isinstance(settings["num_rounds"], int)
 
 
 def test_cli_rejects_non_positive_counts(capsys):
