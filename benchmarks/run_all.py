@@ -36,15 +36,21 @@ def main(argv=None) -> int:
     for name in names:
         print(f"== bench_{name}", flush=True)
         t0 = time.perf_counter()
-        proc = subprocess.run(
+        # Stream the benchmark's own progress lines while keeping them for the summary.
+        proc = subprocess.Popen(
             [sys.executable, str(here / f"bench_{name}.py")],
             cwd=here,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
         )
-        sys.stdout.write(proc.stdout)
-        sys.stderr.write(proc.stderr[-4000:] if proc.returncode else "")
-        lines = [ln.strip() for ln in proc.stdout.splitlines() if re.search(r"\b(PASS|FAIL)\b", ln)]
+        out_lines = []
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            out_lines.append(line)
+        proc.wait()
+        lines = [ln.strip() for ln in out_lines if re.search(r"\b(PASS|FAIL)\b", ln)]
         verdicts += [f"{name}: {ln}" for ln in lines]
         if proc.returncode or any(re.search(r"\bFAIL\b", ln) for ln in lines):
             failed.append(name)
