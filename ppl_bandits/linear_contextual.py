@@ -31,6 +31,7 @@ cumulative regret and the maximum prediction error :math:`\max_k |x_k^\top(\hat\
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -1131,26 +1132,20 @@ def prediction_error_curve(env: Environment, problems, states: dict, *, draws: i
     return rounds, np.asarray(values).T
 
 
-_PE_CACHE: dict = {}
-
-
+@functools.lru_cache(maxsize=16)  # bounded, like the runner's compiled pieces
 def _prediction_error_fn(env: Environment, draws: int):
-    key = (env, draws)
-    if key not in _PE_CACHE:
+    def one(state, t, params, run_key):  # one checkpoint, one run
+        theta_hat = point_estimate(state)
+        base = jax.random.fold_in(jax.random.fold_in(run_key, PREDICTION_ERROR_SALT), t)
 
-        def one(state, t, params, run_key):  # one checkpoint, one run
-            theta_hat = point_estimate(state)
-            base = jax.random.fold_in(jax.random.fold_in(run_key, PREDICTION_ERROR_SALT), t)
+        def err(j):
+            x = env.contexts(jax.random.fold_in(base, j), params, t)
+            return prediction_error(theta_hat, params.theta.astype(x.dtype), x)
 
-            def err(j):
-                x = env.contexts(jax.random.fold_in(base, j), params, t)
-                return prediction_error(theta_hat, params.theta.astype(x.dtype), x)
+        return jnp.mean(jax.vmap(err)(jnp.arange(draws)))
 
-            return jnp.mean(jax.vmap(err)(jnp.arange(draws)))
-
-        per_run = jax.vmap(one, in_axes=(0, None, 0, 0))
-        _PE_CACHE[key] = jax.jit(jax.vmap(per_run, in_axes=(0, 0, None, None)))
-    return _PE_CACHE[key]
+    per_run = jax.vmap(one, in_axes=(0, None, 0, 0))
+    return jax.jit(jax.vmap(per_run, in_axes=(0, 0, None, None)))
 
 
 # --------------------------------------------------------------------------------------
