@@ -16,26 +16,18 @@ import math
 
 import jax
 import numpy as np
-from _common import Timer, save
+from _common import Timer, per_round_seconds, save
 
 from ppl_bandits.diffusion import diffusion_environment, make_diffusion_agent
-from ppl_bandits.runner import draw_problems, simulate
+from ppl_bandits.runner import simulate
 from ppl_bandits.runtime import configure_cpu
 
 SLOPE_MAX = 1.1
 RUN_SECONDS_MAX = 60.0
 
 
-def per_round_seconds(K: int, L: int, d: int, rounds: int, seed: int = 0) -> float:
-    env = diffusion_environment(K, L, d)
-    agent = make_diffusion_agent("dTS")
-    key = jax.random.key(seed)
-    problems = draw_problems(key, env, 1)
-    kw = {"num_rounds": rounds, "num_runs": 1, "chunk_size": rounds, "problems": problems}
-    jax.block_until_ready(simulate(key, env, agent, **kw).regret)  # compile
-    with Timer() as t:
-        jax.block_until_ready(simulate(key, env, agent, **kw).regret)
-    return t.seconds / rounds
+def cost(K: int, L: int, d: int, rounds: int) -> float:
+    return per_round_seconds(diffusion_environment(K, L, d), make_diffusion_agent("dTS"), rounds)
 
 
 def full_run_seconds(K: int, L: int, d: int, rounds: int, seed: int = 1) -> dict:
@@ -64,7 +56,7 @@ def main(argv=None) -> dict:
     print(f"dTS per-round cost, L={args.L}, d={args.d}, {args.rounds} timed rounds, one run")
     print(f"{'K':>8} {'ms/round':>10} {'ratio to first K':>17}")
     for K in ks:
-        s = per_round_seconds(K, args.L, args.d, args.rounds)
+        s = cost(K, args.L, args.d, args.rounds)
         times.append(s)
         rows.append({"K": K, "seconds_per_round": s})
         print(f"{K:>8} {1e3 * s:>10.4f} {s / times[0]:>17.2f}", flush=True)

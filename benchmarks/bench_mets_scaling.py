@@ -12,28 +12,18 @@ from __future__ import annotations
 import argparse
 import math
 
-import jax
 import numpy as np
-from _common import Timer, save
+from _common import per_round_seconds, save
 
 from ppl_bandits.agents import make_agent
 from ppl_bandits.environments import mixed_effect_environment
-from ppl_bandits.runner import draw_problems, simulate
 from ppl_bandits.runtime import configure_cpu
 
 SLOPE_MAX = 1.1
 
 
-def per_round_seconds(K: int, L: int, d: int, rounds: int, seed: int = 0) -> float:
-    env = mixed_effect_environment(K, L, d)
-    agent = make_agent("meTS-Lin")
-    key = jax.random.key(seed)
-    problems = draw_problems(key, env, 1)
-    kw = {"num_rounds": rounds, "num_runs": 1, "chunk_size": rounds, "problems": problems}
-    jax.block_until_ready(simulate(key, env, agent, **kw).regret)  # compile
-    with Timer() as t:
-        jax.block_until_ready(simulate(key, env, agent, **kw).regret)
-    return t.seconds / rounds
+def cost(K: int, L: int, d: int, rounds: int) -> float:
+    return per_round_seconds(mixed_effect_environment(K, L, d), make_agent("meTS-Lin"), rounds)
 
 
 def main(argv=None) -> dict:
@@ -51,7 +41,7 @@ def main(argv=None) -> dict:
     for d in (int(x) for x in args.dims.split(",")):
         times = []
         for K in ks:
-            s = per_round_seconds(K, args.L, d, args.rounds)
+            s = cost(K, args.L, d, args.rounds)
             times.append(s)
             rows.append({"d": d, "K": K, "seconds_per_round": s})
             print(f"{d:>3} {K:>8} {1e3 * s:>10.4f} {s / times[0]:>17.2f}", flush=True)
