@@ -620,6 +620,21 @@ def _environment(
     return Environment(name, draw, contexts, mean_rewards, sample_reward)
 
 
+def _proxy_mixed_prior(proxy, weights, idx, noise_sd, dtype):
+    """The GMM proxy meTS prior of the movies ``idx``, whose memberships are ``weights[idx]``."""
+    import jax.numpy as jnp
+
+    from ppl_bandits.spec import mixed_effect_prior
+
+    return mixed_effect_prior(
+        jnp.asarray(proxy.mu_psi, dtype),
+        jnp.asarray(proxy.sigma_psi, dtype),
+        weights=jnp.asarray(weights, dtype)[idx],
+        sigma0=jnp.asarray(proxy.sigma0, dtype),
+        noise_sd=jnp.asarray(noise_sd, dtype),
+    )
+
+
 def movielens_environment(
     data,
     *,
@@ -678,18 +693,7 @@ def movielens_environment(
     proxy = s.proxy
 
     def prior_fn(idx, dtype):
-        import jax.numpy as jnp
-
-        from ppl_bandits.spec import mixed_effect_prior
-
-        w = jnp.asarray(proxy.weights, dtype)[idx]
-        return mixed_effect_prior(
-            jnp.asarray(proxy.mu_psi, dtype),
-            jnp.asarray(proxy.sigma_psi, dtype),
-            weights=w,
-            sigma0=jnp.asarray(proxy.sigma0, dtype),
-            noise_sd=jnp.asarray(noise_sd, dtype),
-        )
+        return _proxy_mixed_prior(proxy, proxy.weights, idx, noise_sd, dtype)
 
     env = _environment(
         f"movielens-{reward}",
@@ -913,17 +917,10 @@ def movielens_dts_environment(
         import jax.numpy as jnp
 
         from ppl_bandits.ddpm import ddpm_prior
-        from ppl_bandits.spec import mixed_effect_prior
 
         params = jax.tree.map(lambda a: jnp.asarray(a, dtype), pre.params)
         diffusion = ddpm_prior(params, pre.settings, num_actions, noise_sd=noise_sd)
-        mixed = mixed_effect_prior(
-            jnp.asarray(proxy.mu_psi, dtype),
-            jnp.asarray(proxy.sigma_psi, dtype),
-            weights=jnp.asarray(pre.action_weights, dtype)[idx],
-            sigma0=jnp.asarray(proxy.sigma0, dtype),
-            noise_sd=jnp.asarray(noise_sd, dtype),
-        )
+        mixed = _proxy_mixed_prior(proxy, pre.action_weights, idx, noise_sd, dtype)
         return MovieLensDTSPrior(diffusion, mixed)
 
     env = _environment(

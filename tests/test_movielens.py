@@ -183,6 +183,26 @@ def test_simulate_movielens_linear_through_cli(small_data, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_simulate_movielens_dts_through_cli(small_data, tmp_path, capsys):
+    """movielens-dts pre-trains its DDPM on half the movies and runs dTS beside the agents
+    that read the proxy prior; an oversized pretrain_samples is refused, not capped."""
+    from ppl_bandits.cli import main
+
+    out = tmp_path / "dts"
+    argv = ["simulate", "movielens-dts", "--data", str(small_data), "--runs", "2"]
+    argv += ["--rounds", "20", "--K", "5", "--L", "2", "--d", "3"]
+    argv += ["--set", "epochs=50", "--set", "num_steps=3", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"dTS", "meTS-Lin", "LinTS", "HierTS"} <= set(summary["agents"])
+    for row in summary["agents"].values():
+        assert np.isfinite(row["final_regret_mean"])
+    capsys.readouterr()
+    assert main([*argv, "--pretrain-samples", "100000", "--out", str(tmp_path / "x")]) == 2
+    assert "pretrain_samples is 100000" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_audit_on_a_movielens_proxy_problem(small_data, tmp_path):
     """``ppl-bandits audit --data``: meTS-Lin is exact under the proxy model the GMM defines,
     so the closed form must pass against NUTS on that model and reject every control."""
