@@ -13,6 +13,20 @@ X64 = bool(jax.config.jax_enable_x64)
 #: Relative tolerance of an exact identity: round-off in float64, float32 otherwise.
 EXACT_RTOL = 1e-8 if X64 else 2e-3
 
+#: Fields issue 6 requires in calibration.json.
+CALIBRATION_RECORD_KEYS = (
+    "posterior",
+    "replications",
+    "rounds",
+    "uniformity",
+    "coverage",
+    "negative_controls",
+    "wall_seconds",
+    "command",
+    "seed",
+    "versions",
+)
+
 
 def random_spd(rng, n, scale=1.0, batch=()):
     A = rng.normal(size=(*batch, n, n))
