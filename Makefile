@@ -21,6 +21,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 # The default pass runs in float32 (JAX's default); the exactness tests then run
 # again in float64, where their tolerances are round-off level.

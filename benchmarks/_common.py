@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from ppl_bandits.provenance import collect_versions, command_line, write_json
+from ppl_bandits.results import collect_versions, command_line, write_json
 
 __all__ = ["Timer", "per_round_seconds", "save"]
 
@@ -35,7 +35,7 @@ def per_round_seconds(env, agent, rounds: int, seed: int = 0) -> float:
     scan, timed on its second call so that compilation is excluded."""
     import jax
 
-    from ppl_bandits.runner import draw_problems, simulate
+    from ppl_bandits.core.runner import draw_problems, simulate
 
     key = jax.random.key(seed)
     problems = draw_problems(key, env, 1)

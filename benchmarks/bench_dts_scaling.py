@@ -18,8 +18,9 @@ import jax
 import numpy as np
 from _common import Timer, per_round_seconds, save
 
-from ppl_bandits.diffusion import diffusion_environment, make_diffusion_agent
-from ppl_bandits.runner import simulate
+from ppl_bandits.core.runner import simulate
+from ppl_bandits.diffusion.agents import make_diffusion_agent
+from ppl_bandits.diffusion.environment import diffusion_environment
 from ppl_bandits.runtime import configure_cpu
 
 SLOPE_MAX = 1.1

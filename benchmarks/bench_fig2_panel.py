@@ -2,7 +2,7 @@
 
 The authors' NumPy code needs about 70 minutes for the same panel on a 2-core CPU (about
 11 ms per meTS round at K = 100, measured on this kind of machine and recorded in
-shared/spec/mixed_effect.md); the target is a ratio of at least 200, i.e. under 21 s.
+docs/maths/mets.md); the target is a ratio of at least 200, i.e. under 21 s.
 
     python benchmarks/bench_fig2_panel.py [--runs 50] [--rounds 5000]
 """
@@ -14,7 +14,7 @@ import argparse
 import jax
 from _common import Timer, save
 
-from ppl_bandits.experiments import run_experiment
+from ppl_bandits.experiments.catalog import run_experiment
 from ppl_bandits.runtime import configure_cpu
 
 AUTHORS_SECONDS = 70 * 60

@@ -22,7 +22,8 @@ import jax
 import numpy as np
 from _common import Timer, save
 
-from ppl_bandits.experiments import EXPERIMENTS, cumulative_regret, run_experiment
+from ppl_bandits.experiments.catalog import EXPERIMENTS, run_experiment
+from ppl_bandits.experiments.registry import cumulative_regret
 from ppl_bandits.runtime import configure_cpu
 
 TARGET_SECONDS = 600.0
@@ -30,7 +31,7 @@ TARGET_SECONDS = 600.0
 
 def _throughput(env, agent, *, rounds: int, runs: int, seed: int) -> float:
     """Rounds per second (summed over runs) of a second, already compiled, simulation."""
-    from ppl_bandits.runner import draw_problems, simulate
+    from ppl_bandits.core.runner import draw_problems, simulate
 
     key = jax.random.key(seed)
     problems = draw_problems(key, env, runs)
@@ -52,7 +53,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from ppl_bandits.linear_contextual import hcsa_environment, hcsa_experiment_agents
+    from ppl_bandits.experiments.hcsa import hcsa_experiment_agents
+    from ppl_bandits.linear_contextual.environment import hcsa_environment
 
     env = hcsa_environment(20, 20)
     hcsa, lints = hcsa_experiment_agents(horizon=args.rounds, names=["HCSA+TS", "LinTS"])

@@ -15,8 +15,8 @@ import math
 import numpy as np
 from _common import per_round_seconds, save
 
-from ppl_bandits.agents import make_agent
-from ppl_bandits.environments import mixed_effect_environment
+from ppl_bandits.mixed_effect.catalog import make_agent
+from ppl_bandits.mixed_effect.environment import mixed_effect_environment
 from ppl_bandits.runtime import configure_cpu
 
 SLOPE_MAX = 1.1

@@ -2,7 +2,7 @@
 
 Data: the MovieLens ratings at $MOVIELENS_PATH (a file or an unpacked archive) when that
 variable names an existing path; otherwise synthetic ratings of ML-1M's size (6040 users,
-3706 movies, 10^6 ratings; :func:`ppl_bandits.movielens.synthetic_ratings`) written to a
+3706 movies, 10^6 ratings; :func:`ppl_bandits.data.movielens.synthetic_ratings`) written to a
 temporary ``ratings.dat``. The output says which.
 
 Measured: loading, rank-5 ALS (with its held-out RMSE), the 5-component GMM, then the
@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 from _common import Timer, save
 
-from ppl_bandits.experiments import run_experiment
+from ppl_bandits.experiments.catalog import run_experiment
 from ppl_bandits.runtime import configure_cpu
 
 PANEL_SECONDS_MAX = 120.0
@@ -30,12 +30,8 @@ PANEL_SECONDS_MAX = 120.0
 
 def main(argv=None) -> dict:
     configure_cpu()  # before JAX starts its backend; see ppl_bandits/runtime.py
-    from ppl_bandits.movielens import (
-        load_ratings,
-        movielens_structure,
-        synthetic_ratings,
-        write_ratings,
-    )
+    from ppl_bandits.data.movielens import load_ratings, synthetic_ratings, write_ratings
+    from ppl_bandits.experiments.movielens import movielens_structure
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=50)
@@ -85,7 +81,7 @@ def main(argv=None) -> dict:
         f"Fig. 3 linear panel: {len(res.results)} agents x {args.runs} runs x {args.rounds} "
         "rounds (K=100, L=5, d=5)"
     )
-    from ppl_bandits.experiments import cumulative_regret
+    from ppl_bandits.experiments.registry import cumulative_regret
 
     final = {}
     for name, r in res.results.items():

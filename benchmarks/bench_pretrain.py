@@ -18,7 +18,13 @@ import jax
 import numpy as np
 from _common import Timer, save
 
-from ppl_bandits.ddpm import MAX_BATCH, DDPMSettings, sample_ddpm, train_ddpm, training_set
+from ppl_bandits.diffusion.ddpm import (
+    MAX_BATCH,
+    DDPMSettings,
+    sample_ddpm,
+    train_ddpm,
+    training_set,
+)
 from ppl_bandits.runtime import configure_cpu
 
 

@@ -18,7 +18,8 @@ import math
 import jax
 from _common import Timer, save
 
-from ppl_bandits.experiments import cumulative_regret, run_experiment
+from ppl_bandits.experiments.catalog import run_experiment
+from ppl_bandits.experiments.registry import cumulative_regret
 from ppl_bandits.runtime import configure_cpu
 
 

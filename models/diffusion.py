@@ -18,7 +18,7 @@ Links are linear, :math:`f_\ell(\psi) = W_\ell\psi`, or neural,
 2-layer ReLU MLP that takes the step :math:`\ell` as an input. With
 :math:`c_\ell = 1/\sqrt{\alpha_\ell}` and
 :math:`e_\ell = \beta_\ell / (\sqrt{\alpha_\ell}\sqrt{1 - \bar\alpha_\ell})` this is the
-reverse-process mean of a DDPM (Ho et al. 2020; :mod:`ppl_bandits.ddpm`); with
+reverse-process mean of a DDPM (Ho et al. 2020; :mod:`ppl_bandits.diffusion.ddpm`); with
 :math:`c_\ell = 0, e_\ell = -1` it is the MLP itself (random nonlinear links).
 
 In the shared-parameter variant one :math:`\theta \in \mathbb{R}^d` (with covariance
@@ -49,8 +49,8 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
 
+from models.checks import as_positive_definite, check_finite, check_shape, is_traced
 from models.mixed_effect import LIKELIHOODS, PARAMETERIZATIONS, check_history
-from ppl_bandits._checks import as_positive_definite, check_finite, check_shape, is_traced
 
 __all__ = [
     "TIME_FEATURES",

@@ -9,7 +9,7 @@ with one shared parameter :math:`\theta^* \in \mathbb{R}^d` for every arm; ``x_t
 context of the arm played in round ``t``. Sites: ``theta`` (d,), ``y`` (n,).
 
 One :class:`LinearBanditPrior` feeds this model and the closed-form posterior of
-:func:`ppl_bandits.linear_contextual.lin_ts`, so the two cannot drift apart. With
+:func:`ppl_bandits.linear_contextual.baselines.lin_ts`, so the two cannot drift apart. With
 ``rewards=None`` the model is the prior predictive (it simulates rewards).
 """
 
@@ -24,7 +24,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
 
-from ppl_bandits._checks import as_positive_definite, check_finite, check_shape, is_traced
+from models.checks import as_positive_definite, check_finite, check_shape, is_traced
 
 __all__ = [
     "LinearBanditPrior",

@@ -1,7 +1,7 @@
 """The ``ppl-bandits`` command line.
 
 - ``simulate EXPERIMENT [--runs --rounds --K --L --d --N --agents --seed --set OPTION=VALUE]
-  --out DIR``: a named experiment (:mod:`ppl_bandits.experiments`); DIR/regret.csv,
+  --out DIR``: a named experiment (:mod:`ppl_bandits.experiments.catalog`); DIR/regret.csv,
   regret.png, summary.json (and metrics.csv for extra curves).
 - ``audit --model MODEL --agent AGENT [...] --out DIR``: the agent's posterior against NUTS
   on the exact model; DIR/audit.json and DIR/report.html.
@@ -10,6 +10,7 @@
 - ``calibrate --posterior NAME | --all --out DIR``: simulation-based calibration.
 - ``check-coupling --out DIR``: the HCSA coupling checks.
 - ``pretrain --samples SET|FILE --steps L --out DIR``: a DDPM diffusion prior.
+- ``ablation --experiment E --over OPTION --values V1,V2 --out DIR``: dTS ablations.
 - ``demo``: the audit of meTS-Lin on the mixed-effect linear model at its small default.
 """
 
@@ -19,6 +20,24 @@ import argparse
 import sys
 import time
 from pathlib import Path
+
+from ppl_bandits.diffusion.ddpm import pretrain
+from ppl_bandits.experiments.ablation import ablation_value, run_ablation, write_ablation
+from ppl_bandits.experiments.catalog import list_experiments, run_experiment
+from ppl_bandits.experiments.report import write_simulation_report
+from ppl_bandits.results import collect_versions, command_line, prepare_out_dir, write_json
+from ppl_bandits.runtime import configure_cpu
+from validation.audit import AUDIT_FAMILIES, run_audit
+from validation.calibration import (
+    calibration_table,
+    run_calibration,
+    write_calibration,
+    write_calibration_table,
+)
+from validation.coupling import run_coupling_checks, write_coupling_report
+from validation.diffusion_study import run_diffusion_study, write_diffusion_study
+from validation.discrepancy_study import run_discrepancy_study, write_discrepancy_study
+from validation.report import CheckpointPanel, write_audit_report
 
 __all__ = ["build_parser", "main"]
 
@@ -34,7 +53,6 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ppl_bandits.experiments import list_experiments
 
     parser = argparse.ArgumentParser(
         prog="ppl-bandits", description="Structured Thompson sampling with audited posteriors."
@@ -193,6 +211,25 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", default="reports/pretrain", help="output directory")
     pre.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    abl = sub.add_parser(
+        "ablation",
+        help="run a dTS experiment over a grid of one setting (K, L, d, n or pre-training size)",
+        description="Runs EXPERIMENT once per value of --over and writes OUT/ablation.csv, "
+        "ablation.png and ablation.json (final regret per agent and value).",
+    )
+    abl.add_argument("--experiment", default="dts-linear", help="a dTS experiment")
+    abl.add_argument(
+        "--over", required=True, help="K, L, d, n, pretrain-samples or any option name"
+    )
+    abl.add_argument("--values", required=True, help="comma-separated values")
+    abl.add_argument("--runs", type=_positive_int, help="independent runs")
+    abl.add_argument("--rounds", type=_positive_int, help="rounds per run")
+    abl.add_argument("--agents", help="comma-separated agent names")
+    abl.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE")
+    abl.add_argument("--seed", type=int, default=0)
+    abl.add_argument("--out", default="reports/dts-ablation", help="output directory")
+    abl.add_argument("--quiet", action="store_true", help="no progress bar")
+
     demo = sub.add_parser(
         "demo", help="audit meTS-Lin on the mixed-effect linear model (small default)"
     )
@@ -213,7 +250,6 @@ def _checkpoints(text: str) -> list[int]:
 
 
 def _audit_arguments(p: argparse.ArgumentParser, *, out_default: str) -> None:
-    from validation.audit import AUDIT_FAMILIES
 
     p.add_argument("--model", default="mixed-effect-linear", help=", ".join(AUDIT_FAMILIES))
     p.add_argument(
@@ -271,8 +307,6 @@ def _audit_arguments(p: argparse.ArgumentParser, *, out_default: str) -> None:
 
 
 def _audit(args, command: str) -> int:
-    from ppl_bandits.provenance import collect_versions, write_json
-    from validation.audit import run_audit
 
     t0 = time.perf_counter()
     outcome = run_audit(
@@ -307,13 +341,7 @@ def _audit(args, command: str) -> int:
     }
     out = Path(args.out)
     write_json(out / "audit.json", record)
-    report = None
-    try:
-        from validation.report import CheckpointPanel, write_audit_report
-
-        report = write_audit_report(record, [CheckpointPanel(**p) for p in outcome.panels], out)
-    except ImportError:  # pragma: no cover - report module optional during development
-        pass
+    report = write_audit_report(record, [CheckpointPanel(**p) for p in outcome.panels], out)
     _print_verdicts(record)
     print(f"wrote {out / 'audit.json'}" + (f" and {report}" if report else ""))
     print(f"total {record['wall_seconds']:.1f} s")
@@ -321,7 +349,6 @@ def _audit(args, command: str) -> int:
 
 
 def _discrepancy(args, command: str) -> int:
-    from validation.discrepancy_study import run_discrepancy_study, write_discrepancy_study
 
     if args.model == "diffusion-neural":
         return _diffusion_study(args, command)
@@ -373,7 +400,6 @@ def _discrepancy(args, command: str) -> int:
 
 
 def _diffusion_study(args, command: str) -> int:
-    from validation.diffusion_study import run_diffusion_study, write_diffusion_study
 
     t0 = time.perf_counter()
     settings = {
@@ -437,7 +463,6 @@ def _print_diffusion_rows(rows) -> None:
 
 
 def _calibrate_all(args, command: str) -> int:
-    from validation.calibration import calibration_table, write_calibration_table
 
     t0 = time.perf_counter()
     settings = {
@@ -460,7 +485,6 @@ def _calibrate_all(args, command: str) -> int:
 
 
 def _calibrate(args, command: str) -> int:
-    from validation.calibration import run_calibration, write_calibration
 
     if args.all:
         return _calibrate_all(args, command)
@@ -492,8 +516,6 @@ def _calibrate(args, command: str) -> int:
 
 
 def _check_coupling(args, command: str) -> int:
-    from ppl_bandits.provenance import collect_versions
-    from validation.coupling import run_coupling_checks, write_coupling_report
 
     t0 = time.perf_counter()
     result = run_coupling_checks(
@@ -592,8 +614,6 @@ _SIMULATE_OPTIONS = {
 
 
 def _simulate(args, command: str) -> int:
-    from ppl_bandits.experiments import run_experiment
-    from ppl_bandits.report import write_simulation_report
 
     agents = None if args.agents is None else [a.strip() for a in args.agents.split(",")]
     options = {opt: getattr(args, attr) for attr, opt in _SIMULATE_OPTIONS.items()}
@@ -612,7 +632,7 @@ def _simulate(args, command: str) -> int:
     print(f"{summary['experiment']}: final cumulative regret (mean ± se over runs)")
     for name, row in sorted(summary["agents"].items(), key=lambda kv: kv[1]["final_regret_mean"]):
         print(
-            f"  {name:<{width}}  {row['final_regret_mean']:10.2f} ± {row['final_regret_se']:.2f}"
+            f"  {name:<{width}}  {row['final_regret_mean']:10.2f} ± {_se(row['final_regret_se'])}"
             f"   ({row['wall_seconds']:.1f} s)"
         )
     out = Path(args.out)
@@ -621,8 +641,12 @@ def _simulate(args, command: str) -> int:
     return 0
 
 
+def _se(value) -> str:
+    """A standard error for printing; None (one run) prints as n/a."""
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def _pretrain(args, command: str) -> int:
-    from ppl_bandits.ddpm import pretrain
 
     record = pretrain(
         args.samples,
@@ -652,16 +676,51 @@ def _pretrain(args, command: str) -> int:
     return 0
 
 
+def _ablation(args, command: str) -> int:
+    options = _parse_set(args.set)
+    options.update(num_runs=args.runs, num_rounds=args.rounds)
+    agents = None if args.agents is None else [a.strip() for a in args.agents.split(",")]
+    values = [ablation_value(v.strip()) for v in args.values.split(",") if v.strip()]
+    t0 = time.perf_counter()
+    rows = run_ablation(
+        args.experiment,
+        args.over,
+        values,
+        seed=args.seed,
+        progress=not args.quiet,
+        agents=agents,
+        **options,
+    )
+    settings = {
+        "experiment": args.experiment,
+        "over": args.over,
+        "values": values,
+        "options": {k: v for k, v in options.items() if v is not None},
+        "agents": agents,
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    path = write_ablation(rows, args.out, command=command, seed=args.seed, settings=settings)
+    print(f"{args.experiment}: final cumulative regret (mean ± se) against {rows[0]['option']}")
+    for r in rows:
+        print(
+            f"  {r['option']}={r['value']!s:<8} {r['agent']:<10} "
+            f"{r['final_regret_mean']:10.2f} ± {r['final_regret_se']:.2f}   "
+            f"({r['wall_seconds']:.1f} s)"
+        )
+    print(f"wrote {path}, {path.with_suffix('.png')}, {path.with_suffix('.json')}")
+    return 0
+
+
 def main(argv=None) -> int:
-    from ppl_bandits.runtime import configure_cpu
 
     configure_cpu()
-    from ppl_bandits.provenance import command_line
 
     argv = sys.argv[1:] if argv is None else list(argv)
     command = command_line(["ppl-bandits", *argv])
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "out", None) is not None:
+            prepare_out_dir(args.out)
         if args.command == "simulate":
             return _simulate(args, command)
         if args.command in ("audit", "demo"):
@@ -674,6 +733,8 @@ def main(argv=None) -> int:
             return _check_coupling(args, command)
         if args.command == "pretrain":
             return _pretrain(args, command)
+        if args.command == "ablation":
+            return _ablation(args, command)
     except ValueError as exc:
         print(f"ppl-bandits {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ppl_bandits.spec import mixed_effect_prior
+from models.mixed_effect import mixed_effect_prior
 
 X64 = bool(jax.config.jax_enable_x64)
 #: Relative tolerance of an exact identity: round-off in float64, float32 otherwise.

@@ -8,22 +8,17 @@ import numpy as np
 import pytest
 
 from conftest import EXACT_RTOL, random_history, random_prior
-from ppl_bandits.agents import (
-    AGENT_NAMES,
-    _sample_actions,
-    _sample_effects,
-    make_agent,
-    marginal_prior,
-    resolve_agent_name,
-)
-from ppl_bandits.environments import mixed_effect_environment
-from ppl_bandits.mixed_effect import (
+from ppl_bandits.core.likelihood import stats_from_history
+from ppl_bandits.core.runner import draw_problems, simulate
+from ppl_bandits.mixed_effect.agents import sample_actions, sample_effects
+from ppl_bandits.mixed_effect.catalog import AGENT_NAMES, make_agent, resolve_agent_name
+from ppl_bandits.mixed_effect.environment import mixed_effect_environment
+from ppl_bandits.mixed_effect.posterior import (
     conditional_action_posterior,
     effect_posterior,
     factored_effect_posterior,
-    stats_from_history,
+    marginal_prior,
 )
-from ppl_bandits.runner import draw_problems, simulate
 
 
 def _feed(agent, prior, contexts, actions, rewards):
@@ -106,7 +101,7 @@ def test_mets_sampler_draws_the_exact_posterior_and_rejects_a_wrong_one(rng):
     stats = stats_from_history(prior, *hist)
     n = 20000
     keys = jax.random.split(jax.random.key(7), n)
-    psi = jax.vmap(lambda k: _sample_effects(k, state, None, 2, 2))(keys)
+    psi = jax.vmap(lambda k: sample_effects(k, state, None, 2, 2))(keys)
     exact = effect_posterior(prior, stats)
     z_maha, z_mean = _mc_check(psi, exact.mean, exact.cov)
     assert abs(z_maha) < Z_CRIT and z_mean < Z_CRIT
@@ -115,7 +110,7 @@ def test_mets_sampler_draws_the_exact_posterior_and_rejects_a_wrong_one(rng):
     assert abs(z_bad) > Z_CRIT
     # θ | Ψ for a fixed Ψ.
     psi0 = exact.mean
-    theta = jax.vmap(lambda k: _sample_actions(k, state, psi0))(keys[:5000])
+    theta = jax.vmap(lambda k: sample_actions(k, state, psi0))(keys[:5000])
     cond = conditional_action_posterior(prior, stats, psi0)
     for i in range(5):
         z_maha, z_mean = _mc_check(theta[:, i], cond.mean[i], cond.cov[i])
@@ -129,7 +124,7 @@ def test_factored_sampler_draws_its_factors(rng, variant):
     state = _feed(make_agent("meTS-Lin-Fa", factored_variant=variant), prior, *hist)
     fac = factored_effect_posterior(prior, stats_from_history(prior, *hist), variant)
     keys = jax.random.split(jax.random.key(3), 20000)
-    psi = jax.vmap(lambda k: _sample_effects(k, state, variant, 3, 2))(keys).reshape(-1, 3, 2)
+    psi = jax.vmap(lambda k: sample_effects(k, state, variant, 3, 2))(keys).reshape(-1, 3, 2)
     for l in range(3):
         z_maha, z_mean = _mc_check(psi[:, l], fac.mean[l], fac.cov[l])
         assert abs(z_maha) < Z_CRIT and z_mean < Z_CRIT
@@ -145,7 +140,7 @@ def test_no_data_means_prior_samples(rng):
 
     def draw(k):
         k1, k2 = jax.random.split(k)
-        return _sample_actions(k2, state, _sample_effects(k1, state, None, 2, 2))
+        return sample_actions(k2, state, sample_effects(k1, state, None, 2, 2))
 
     theta = jax.vmap(draw)(jax.random.split(jax.random.key(5), 20000))
     m0, C0 = marginal_prior(prior)

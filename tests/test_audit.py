@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import EXACT_RTOL, random_history, random_prior
-from ppl_bandits.agents import make_agent
 from ppl_bandits.cli import main
-from ppl_bandits.mixed_effect import hierarchical_joint_posterior, stats_from_history
+from ppl_bandits.core.likelihood import stats_from_history
+from ppl_bandits.mixed_effect.catalog import make_agent
+from ppl_bandits.mixed_effect.posterior import hierarchical_joint_posterior
 from validation.audit import NEGATIVE_CONTROLS, claimed_posterior, run_audit
 
 SMALL = [

@@ -13,9 +13,10 @@ import pytest
 from conftest import EXACT_RTOL, X64, random_spd
 from models.diffusion import diffusion_prior
 from ppl_bandits.cli import main
-from ppl_bandits.diffusion import dts, joint_posterior, recursive_joint_posterior
-from ppl_bandits.environments import mixed_effect_environment
-from ppl_bandits.mixed_effect import SufficientStats
+from ppl_bandits.core.likelihood import SufficientStats
+from ppl_bandits.diffusion.agents import dts
+from ppl_bandits.diffusion.posterior import joint_posterior, recursive_joint_posterior
+from ppl_bandits.mixed_effect.environment import mixed_effect_environment
 from validation.audit import (
     AUDIT_FAMILIES,
     DIFFUSION_LINEAR_CONTROLS,

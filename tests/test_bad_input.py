@@ -5,14 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.mixed_effect import mixed_effect_model
-from ppl_bandits.agents import lin_ucb, mets
+from models.mixed_effect import fig2_prior, mixed_effect_model, mixed_effect_prior
 from ppl_bandits.cli import main
-from ppl_bandits.environments import mixed_effect_environment
-from ppl_bandits.experiments import build_experiment
-from ppl_bandits.mixed_effect import factored_effect_posterior
-from ppl_bandits.runner import simulate
-from ppl_bandits.spec import fig2_prior, mixed_effect_prior
+from ppl_bandits.core.runner import simulate
+from ppl_bandits.experiments.catalog import build_experiment
+from ppl_bandits.mixed_effect.agents import mets
+from ppl_bandits.mixed_effect.baselines import lin_ucb
+from ppl_bandits.mixed_effect.environment import mixed_effect_environment
+from ppl_bandits.mixed_effect.posterior import factored_effect_posterior
 
 
 def _good():

@@ -89,7 +89,7 @@ def test_sharded_and_single_device_runs_agree_exactly():
 
 def test_a_replication_is_the_runners_run_of_the_agent():
     """The fused study program plays the agent's own policy with the runner's keys."""
-    from ppl_bandits.runner import simulate
+    from ppl_bandits.core.runner import simulate
     from validation.calibration import _setup
 
     args = ("meTS-Lin", "mixed-effect-linear", 3, 1, 1, 6)
@@ -180,8 +180,8 @@ def test_dts_controls_are_the_registered_ones(dts_linear):
 @pytest.mark.exact
 def test_dts_pits_are_the_joint_gaussian_of_the_recursions():
     """The read-out from the agent's state is the exact joint posterior, controls included."""
-    from ppl_bandits.diffusion import recursive_joint_posterior
-    from ppl_bandits.mixed_effect import SufficientStats
+    from ppl_bandits.core.likelihood import SufficientStats
+    from ppl_bandits.diffusion.posterior import recursive_joint_posterior
 
     # float32: the dts_linear fixture's compiled program (K=10, 100 rounds, 200 runs);
     # float64 (no fixture there): a tiny one. Three replications are checked.

@@ -14,7 +14,9 @@ from models.diffusion import (
     init_mlp,
     sample_diffusion_parameters,
 )
-from ppl_bandits.ddpm import (
+from ppl_bandits.core.runner import simulate
+from ppl_bandits.diffusion.agents import DIFFUSION_AGENT_NAMES, dts, hier_ts_1, make_diffusion_agent
+from ppl_bandits.diffusion.ddpm import (
     DDPMSettings,
     ddpm_prior,
     load_ddpm,
@@ -23,21 +25,16 @@ from ppl_bandits.ddpm import (
     train_ddpm,
     training_set,
 )
-from ppl_bandits.diffusion import (
-    DIFFUSION_AGENT_NAMES,
-    _descend,
-    diffusion_environment,
+from ppl_bandits.diffusion.environment import diffusion_environment
+from ppl_bandits.diffusion.posterior import (
+    descend,
     diffusion_stats,
-    dts,
     empty_diffusion_stats,
-    hier_ts_1,
     joint_prior,
     latent_terms,
-    make_diffusion_agent,
     recursive_joint_posterior,
     sample_posterior,
 )
-from ppl_bandits.runner import simulate
 
 #: z-score bound of each MCSE-scaled comparison: two-sided 1e-3 per coordinate, Bonferroni
 #: over at most ~20 coordinates per test keeps the family-wise error near 2 %.
@@ -135,7 +132,7 @@ def test_dts_sampler_draws_the_exact_posterior(rng, n):
     """The agent's sampler (after n Gaussian-reward updates; n = 0 is the prior) draws
     (ψ_L, θ_0) with the exact posterior moments of diffusion_posterior, within Z_MAX MCSE;
     the same draws with θ scaled by 1.3 are rejected (negative control)."""
-    from ppl_bandits.diffusion import diffusion_posterior
+    from ppl_bandits.diffusion.posterior import diffusion_posterior
 
     K, L, d = 3, 3, 2
     prior = random_diffusion_prior(rng, K, L, d)
@@ -147,7 +144,7 @@ def test_dts_sampler_draws_the_exact_posterior(rng, n):
         state = update(jax.random.key(1), state, jnp.broadcast_to(x, (K, d)), a, y)
 
     def draw(key):
-        psi, theta = _descend(
+        psi, theta = descend(
             key, state.prior, state.latent, state.cond_feed, state.shift, state.cond_sqrt
         )
         return jnp.concatenate([psi[L - 1], theta[0]])
@@ -193,7 +190,7 @@ def _rel(a, b):
 
 
 def test_dts_approximation_versus_exact_recursion_with_linear_links(rng):
-    """What is true (diffusion.md §dTS approximation): the approximation drops W_ℓ from the
+    """What is true (the dTS approximation, docs/maths/dts.md): the approximation drops W_ℓ from the
     upward recursion, so with linear links it equals the exact posterior when every
     W_ℓ = I (any covariances, any data), and it does not in general (W_ℓ ≠ I): there it
     treats data about W_1ψ_1 as data about ψ_1. With no data both give the prior."""
@@ -358,7 +355,7 @@ def test_errors_name_the_argument(call, message):
 
 
 def noise_schedule_bad():
-    from ppl_bandits.ddpm import noise_schedule
+    from ppl_bandits.diffusion.ddpm import noise_schedule
 
     return noise_schedule(DDPMSettings(dim=2, schedule="quadratic"))
 
@@ -404,7 +401,7 @@ def test_model_prior_predictive_and_empty_history():
 def test_dts_glm_state_equals_batch_laplace_terms(rng):
     """The agent's warm-started per-round Laplace refits end at the batch terms of
     laplace_stats (same expansion prior, same data), up to the Newton tolerance."""
-    from ppl_bandits.diffusion import laplace_stats
+    from ppl_bandits.diffusion.posterior import laplace_stats
 
     K, L, d, n = 4, 2, 2, 25
     prior = random_diffusion_prior(rng, K, L, d)
@@ -425,11 +422,11 @@ def test_dts_glm_state_equals_batch_laplace_terms(rng):
 @pytest.mark.parametrize("n", [0, 30])
 def test_dts_act_scores_have_the_exact_posterior_law(rng, n):
     """The agent's act scores every action by x_aᵀθ_a drawn from K normals given ψ_1
-    (diffusion._sample_scores) instead of a full θ draw: with per-action contexts the score
+    (diffusion.sample_scores) instead of a full θ draw: with per-action contexts the score
     vector must have the exact posterior mean and covariance (cross-covariances through the
     shared ψ_1 included), within Z_MAX MCSE; n = 0 is the prior. Scores whose noise ignores
     the data (a 1.3 times wider spread) are rejected (negative control)."""
-    from ppl_bandits.diffusion import _sample_scores
+    from ppl_bandits.diffusion.agents import sample_scores
 
     K, L, d = 3, 2, 2
     prior = random_diffusion_prior(rng, K, L, d)
@@ -440,7 +437,7 @@ def test_dts_act_scores_have_the_exact_posterior_law(rng, n):
     for x, a, y in zip(X, A, Y, strict=True):
         state = update(jax.random.key(1), state, jnp.broadcast_to(x, (K, d)), a, y)
     ctx = jnp.asarray(rng.uniform(-1, 1, size=(K, d)), prior.links.dtype)
-    s = np.asarray(_many(lambda k: _sample_scores(k, state, ctx), jax.random.key(3), 4000))
+    s = np.asarray(_many(lambda k: sample_scores(k, state, ctx), jax.random.key(3), 4000))
     stats = diffusion_stats(prior, X, A, Y) if n else empty_diffusion_stats(prior)
     joint = jax.jit(recursive_joint_posterior)(prior, stats)
     H = np.zeros((K, (L + K) * d))

@@ -1,5 +1,5 @@
 """Linear-diffusion recursions against the brute-force joint Gaussian posterior and against
-the NumPyro model's own log density (validation.md §1, diffusion.md App. B)."""
+the NumPyro model's own log density (Aouali 2025, App. B)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +10,7 @@ from numpyro.infer.util import log_density
 
 from conftest import EXACT_RTOL, X64, random_spd
 from models.diffusion import apply_link, diffusion_model, diffusion_prior
-from ppl_bandits.diffusion import (
+from ppl_bandits.diffusion.posterior import (
     conditional_action_posterior,
     diffusion_posterior,
     diffusion_stats,
@@ -226,7 +226,7 @@ def _log_density_differences(rng, prior, hist, stats, brute, *, shared, param, w
 @pytest.mark.parametrize("parameterization", ["centered", "noncentered"])
 @pytest.mark.parametrize("shared", [False, True])
 def test_log_density_difference_is_constant(rng, shared, parameterization):
-    """log p(w | data) − log p(w, data) is the same for every w (validation.md §1)."""
+    """log p(w | data) − log p(w, data) is the same for every w."""
     K, L, d = 4, 3, 2
     prior = random_diffusion_prior(rng, K, L, d)
     hist = random_diffusion_history(rng, K, d, 30, unplayed=(2,))

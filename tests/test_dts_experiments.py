@@ -11,11 +11,11 @@ import pytest
 from test_diffusion_exact import random_diffusion_prior
 
 from models.diffusion import NeuralLink, diffusion_prior, init_mlp
-from ppl_bandits.agents import marginal_prior
 from ppl_bandits.cli import main
-from ppl_bandits.ddpm import load_ddpm, pretrain
-from ppl_bandits.diffusion import marginal_action_prior, marginal_mixed_effect_prior
-from ppl_bandits.experiments import build_experiment, list_experiments
+from ppl_bandits.diffusion.ddpm import load_ddpm, pretrain
+from ppl_bandits.diffusion.posterior import marginal_action_prior, marginal_mixed_effect_prior
+from ppl_bandits.experiments.catalog import build_experiment, list_experiments
+from ppl_bandits.mixed_effect.posterior import marginal_prior
 
 TINY_PRETRAIN = ["--steps", "3", "--epochs", "30", "--hidden", "8", "--model-samples", "50"]
 
@@ -101,7 +101,7 @@ def test_dts_experiments_are_registered_with_the_paper_settings():
     for name in ("dts-linear", "dts-nonlinear", "dts-linear-large", "dts-nonlinear-large",
                  "dts-swiss-roll"):  # fmt: skip
         assert name in names
-    from ppl_bandits.experiments import EXPERIMENTS
+    from ppl_bandits.experiments.catalog import EXPERIMENTS
 
     small, large = EXPERIMENTS["dts-linear"].defaults, EXPERIMENTS["dts-nonlinear-large"].defaults
     assert (small["num_actions"], small["num_effects"], small["dim"]) == (100, 2, 5)
@@ -174,7 +174,7 @@ def test_every_dts_experiment_runs_with_its_default_agents(tmp_path, experiment,
 
 
 def test_ablation_command_writes_a_table_and_a_plot(tmp_path, capsys):
-    from ppl_bandits.dts_experiments import main as ablation_main
+    from ppl_bandits.cli import main as ablation_main
 
     out = tmp_path / "abl"
     rc = ablation_main(["--experiment", "dts-linear", "--over", "K", "--values", "3,5",

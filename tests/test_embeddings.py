@@ -1,9 +1,10 @@
-"""ALS embeddings and the Gaussian-mixture proxy structure (ppl_bandits.embeddings)."""
+"""ALS embeddings and the Gaussian-mixture proxy structure (ppl_bandits.data.embeddings)."""
 
 import numpy as np
 import pytest
 
-from ppl_bandits.embeddings import (
+from models.mixed_effect import mixing_matrices
+from ppl_bandits.data.embeddings import (
     ACTION_SHARE,
     EFFECT_SHARE,
     fit_embeddings,
@@ -11,8 +12,7 @@ from ppl_bandits.embeddings import (
     proxy_prior,
     split_ratings,
 )
-from ppl_bandits.movielens import from_arrays
-from ppl_bandits.spec import mixing_matrices
+from ppl_bandits.data.movielens import from_arrays
 
 NOISE = 0.1
 

@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from models.linear_bandit import isotropic_linear_bandit_prior
-from ppl_bandits.hcsa import (
+from ppl_bandits.linear_contextual.hcsa import (
     count_trials,
     coupled_arm_selection,
     coupled_pseudo_rewards,

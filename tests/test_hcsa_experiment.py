@@ -12,18 +12,17 @@ import pytest
 
 from models.linear_bandit import isotropic_linear_bandit_prior
 from ppl_bandits.cli import main
-from ppl_bandits.experiments import build_experiment
-from ppl_bandits.hcsa import sampling_moments
-from ppl_bandits.linear_contextual import (
+from ppl_bandits.core.runner import draw_problems, simulate
+from ppl_bandits.experiments.catalog import build_experiment
+from ppl_bandits.experiments.hcsa import checkpoint_rounds, hcsa_experiment_agents
+from ppl_bandits.linear_contextual.baselines import uniform_random
+from ppl_bandits.linear_contextual.environment import hcsa_environment
+from ppl_bandits.linear_contextual.hcsa import sampling_moments
+from ppl_bandits.linear_contextual.metrics import (
     PREDICTION_ERROR_SALT,
-    checkpoint_rounds,
-    hcsa_environment,
-    hcsa_experiment_agents,
     point_estimate,
     prediction_error_curve,
-    uniform_random,
 )
-from ppl_bandits.runner import draw_problems, simulate
 from tests.conftest import EXACT_RTOL, X64
 
 AGENTS = ("HCSA+TS", "LinTS", "LinUCB", "DRTS", "HyRan", "SupLinUCB")
@@ -179,24 +178,31 @@ def test_point_estimate_is_each_agents_estimator(rng):
         np.linalg.solve(pooled, moments.sum(0)),
     )
     for name, (state, want) in expected.items():
-        got = np.asarray(point_estimate(state))
+        got = np.asarray(point_estimate(agents[name], state))
         np.testing.assert_allclose(got, want, rtol=EXACT_RTOL, atol=EXACT_RTOL, err_msg=name)
     # negative control: an unregularized solve is not HyRan's or DRTS's estimate
     for name in ("DRTS", "HyRan"):
         wrong = np.linalg.solve(G, m)
-        assert not np.allclose(np.asarray(point_estimate(expected[name][0])), wrong, rtol=0.05)
+        got = point_estimate(agents[name], expected[name][0])
+        assert not np.allclose(np.asarray(got), wrong, rtol=0.05)
     # HCSA: the centre of the Thompson sample; rank-deficient V gives the minimum-norm solution
     s = expected["HCSA+TS"][0]
     np.testing.assert_allclose(
-        point_estimate(s), sampling_moments(s.gram, s.moment, v=1.0)[0], rtol=EXACT_RTOL
+        point_estimate(agents["HCSA+TS"], s),
+        sampling_moments(s.gram, s.moment, v=1.0)[0],
+        rtol=EXACT_RTOL,
     )
     u = rng.normal(size=d)
     s = state_of("HCSA+TS", gram=np.outer(u, u), moment=2.0 * u)
     np.testing.assert_allclose(
-        point_estimate(s), np.linalg.pinv(np.outer(u, u)) @ (2.0 * u), rtol=1e-3, atol=1e-5
+        point_estimate(agents["HCSA+TS"], s),
+        np.linalg.pinv(np.outer(u, u)) @ (2.0 * u),
+        rtol=1e-3,
+        atol=1e-5,
     )
     with pytest.raises(ValueError, match=r"^state is a UniformState"):
-        point_estimate(uniform_random().init(jax.random.key(0), prior))
+        uniform = uniform_random()
+        point_estimate(uniform, uniform.init(jax.random.key(0), prior))
 
 
 def test_prediction_error_equals_a_direct_computation():
@@ -212,7 +218,9 @@ def test_prediction_error_equals_a_direct_computation():
     proj = np.einsum("rtd,rd->rt", np.asarray(res.contexts), np.asarray(res.params.drift_direction))
     assert np.all(proj[:, [1, 5]] > 0) and np.all(proj[:, [3]] < 0)
     draws = 3
-    rounds, values = prediction_error_curve(env, problems, res.checkpoint_states, draws=draws)
+    rounds, values = prediction_error_curve(
+        env, problems, res.checkpoint_states, agent=agent, draws=draws
+    )
     assert rounds.tolist() == [3, 6] and values.shape == (2, 2)
 
     def direct(theta_hat_of):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ppl_bandits.laplace import laplace_terms, newton_mode
+from ppl_bandits.core.laplace import laplace_terms, newton_mode
 
 pytestmark = pytest.mark.exact
 

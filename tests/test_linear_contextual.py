@@ -15,12 +15,10 @@ from models.linear_bandit import (
     linear_bandit_model,
     linear_bandit_prior,
 )
-from ppl_bandits.hcsa import hcsa_ts
-from ppl_bandits.linear_contextual import (
+from ppl_bandits.experiments.hcsa import hcsa_experiment_agents
+from ppl_bandits.linear_contextual.baselines import (
     drts,
     drts_selection_probs,
-    hcsa_environment,
-    hcsa_experiment_agents,
     hy_ran,
     lin_ts,
     lin_ts_posterior,
@@ -29,6 +27,8 @@ from ppl_bandits.linear_contextual import (
     sup_lin_ucb,
     uniform_random,
 )
+from ppl_bandits.linear_contextual.environment import hcsa_environment
+from ppl_bandits.linear_contextual.hcsa import hcsa_ts
 
 ALPHA = 1e-3
 
@@ -123,7 +123,7 @@ def test_prior_rejects_bad_values():
 
 
 # ---------------------------------------------------------------------------------------
-# LinTS against the NumPyro model (validation.md, section 1)
+# LinTS against the NumPyro model
 # ---------------------------------------------------------------------------------------
 
 
@@ -241,7 +241,7 @@ def test_drts_resampling_propensity_matches_its_action_frequencies():
     beta = jnp.linalg.solve(V, s.moment)
     sds = jnp.sqrt(jnp.einsum("nd,de,ne->n", x, jnp.linalg.inv(V), x))
     pi = np.asarray(drts_selection_probs(x @ beta, sds, 64))
-    from ppl_bandits.hcsa import max_trials
+    from ppl_bandits.linear_contextual.hcsa import max_trials
 
     M = int(max_trials(2, 0.2, 0.5))
     S = pi > 0.2

@@ -1,5 +1,5 @@
 """Hierarchical closed forms against the brute-force joint Gaussian posterior and against
-the NumPyro model's own log density (validation.md §1)."""
+the NumPyro model's own log density."""
 
 import jax
 import jax.numpy as jnp
@@ -8,17 +8,15 @@ import pytest
 
 from conftest import EXACT_RTOL, X64, random_history, random_prior
 from models.mixed_effect import mixed_effect_model
-from ppl_bandits.mixed_effect import (
+from ppl_bandits.core.likelihood import empty_stats, stats_from_history, update_stats
+from ppl_bandits.mixed_effect.posterior import (
     conditional_action_posterior,
     effect_posterior,
-    empty_stats,
     factored_effect_posterior,
     hierarchical_joint_posterior,
     joint_posterior,
     log_posterior_density,
     marginal_action_posterior,
-    stats_from_history,
-    update_stats,
 )
 
 pytestmark = pytest.mark.exact
@@ -101,7 +99,7 @@ def test_online_updates_match_batch_statistics(rng):
 @pytest.mark.parametrize("parameterization", ["centered", "noncentered"])
 @pytest.mark.parametrize("matrix", [False, True])
 def test_log_density_difference_is_constant(rng, matrix, parameterization):
-    """log p(w | data) − log p(w, data) is the same for every w (validation.md §1)."""
+    """log p(w | data) − log p(w, data) is the same for every w."""
     from numpyro.infer.util import log_density
 
     prior = random_prior(rng, 5, 2, 2, matrix_mixing=matrix)
@@ -122,7 +120,7 @@ def test_log_density_difference_is_constant(rng, matrix, parameterization):
             # the affine map is constant, so the difference must still be constant.
             Lpsi = jnp.linalg.cholesky(prior.sigma_psi)
             L0 = jnp.linalg.cholesky(prior.sigma0)
-            from ppl_bandits.spec import mixing_matrices
+            from models.mixed_effect import mixing_matrices
 
             loc = jnp.einsum("kde,e->kd", mixing_matrices(prior), psi)
             params = {
@@ -171,7 +169,7 @@ def test_mean_field_factored_mean_is_exact_and_published_is_biased(rng):
     is not when actions couple the effects: its error is exactly the dropped coupling
     term Λ̄_ℓℓ⁻¹ Σ_{m≠ℓ} Λ̄_ℓm μ̄_m. Setting of the paper's Fig. 2 (Σ_Ψ = 3 I, b ~ U[-1, 1])
     with 20 actions and 500 rounds; the bias is printed in posterior standard deviations."""
-    from ppl_bandits.spec import fig2_prior
+    from models.mixed_effect import fig2_prior
 
     K, L, d = 20, 3, 2
     prior = fig2_prior(jax.random.key(3), K, L, d)
@@ -230,7 +228,7 @@ def test_published_factored_mean_is_exact_without_coupling(rng):
 def test_no_data_gives_the_prior(rng):
     prior = random_prior(rng, 3, 2, 2, matrix_mixing=True)
     stats = empty_stats(prior)
-    from ppl_bandits.mixed_effect import joint_prior
+    from ppl_bandits.mixed_effect.posterior import joint_prior
 
     p0 = joint_prior(prior)
     post = hierarchical_joint_posterior(prior, stats)

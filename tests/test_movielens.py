@@ -8,20 +8,19 @@ import jax
 import numpy as np
 import pytest
 
-from ppl_bandits.environments import MixedEffectParams
-from ppl_bandits.movielens import (
+from models.mixed_effect import MixedEffectPrior
+from ppl_bandits.data.movielens import (
     FORMATS,
     detect_format,
     download,
     from_arrays,
     load_ratings,
-    movielens_environment,
-    movielens_structure,
     synthetic_ratings,
     verify_checksum,
     write_ratings,
 )
-from ppl_bandits.spec import MixedEffectPrior
+from ppl_bandits.experiments.movielens import movielens_environment, movielens_structure
+from ppl_bandits.mixed_effect.environment import MixedEffectParams
 
 # Original ids are not contiguous, as in the real files.
 USERS = np.array([7, 7, 3, 12, 3, 12, 7])
@@ -222,8 +221,9 @@ def test_audit_on_a_movielens_proxy_problem(small_data, tmp_path):
 
 
 def test_supervised_environment_rewards_the_right_class():
-    from ppl_bandits.supervised import lifted, supervised_environment, supervised_task
-    from ppl_bandits.types import Agent
+    from ppl_bandits.core.types import Agent
+    from ppl_bandits.data.digits import supervised_task
+    from ppl_bandits.experiments.supervised import lifted, supervised_environment
 
     task = supervised_task(num_bootstrap=40, subset=60, epochs=2, num_steps=2, hidden=8)
     assert task.samples.shape == (40, 10 * 4) and 0.5 < task.accuracy < 1.0

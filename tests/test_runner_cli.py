@@ -1,6 +1,7 @@
 """Runner, environments and the command line."""
 
 import json
+import time
 
 import jax
 import jax.numpy as jnp
@@ -8,12 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import CALIBRATION_RECORD_KEYS
-from models.mixed_effect import sample_mixed_effect_parameters
-from ppl_bandits.agents import make_agent
+from models.mixed_effect import fig2_prior, sample_mixed_effect_parameters
 from ppl_bandits.cli import main
-from ppl_bandits.environments import mixed_effect_environment
-from ppl_bandits.runner import draw_problems, simulate
-from ppl_bandits.spec import fig2_prior
+from ppl_bandits.core.runner import draw_problems, simulate
+from ppl_bandits.mixed_effect.catalog import make_agent
+from ppl_bandits.mixed_effect.environment import mixed_effect_environment
 
 
 def test_chunking_does_not_change_results():
@@ -156,3 +156,55 @@ def test_calibrate_command_writes_its_files(tmp_path, capsys):
     assert (out / "calibration.png").stat().st_size > 1000
     assert "uniformity" in printed
     assert main(["calibrate", "--posterior", "nope"]) == 2
+
+
+def _strict(text: str):
+    def refuse(constant):
+        raise ValueError(f"non-strict JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_unwritable_out_fails_before_any_work(tmp_path, capsys):
+    """``--out`` under a regular file cannot be created: one line naming --out, exit 2."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    t0 = time.perf_counter()
+    rc = main(
+        ["simulate", "mets-linear", "--runs", "2", "--rounds", "3000", "--out", f"{blocker}/x"]
+    )
+    elapsed = time.perf_counter() - t0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and "--out" in err[0] and str(blocker) in err[0]
+    assert elapsed < 5.0, f"the error came after {elapsed:.1f} s of work"
+
+
+def test_summary_with_one_run_is_strict_json_and_keeps_per_run_regrets(tmp_path):
+    out = tmp_path / "sim"
+    rc = main(
+        [
+            "simulate",
+            "mets-linear",
+            "--runs",
+            "1",
+            "--rounds",
+            "20",
+            "--K",
+            "5",
+            "--agents",
+            "LinTS",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    summary = _strict((out / "summary.json").read_text())
+    row = summary["agents"]["LinTS"]
+    assert row["final_regret_se"] is None
+    assert len(row["final_regret_per_run"]) == 1
+    assert row["final_regret_per_run"][0] == pytest.approx(row["final_regret_mean"], rel=1e-5)
+    lines = (out / "regret_runs.csv").read_text().splitlines()
+    assert lines[0] == "agent,run,round,cumulative_regret"
+    assert lines[-1].startswith("LinTS,0,20,")

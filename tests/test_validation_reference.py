@@ -14,6 +14,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
+from ppl_bandits.results import collect_versions
 from validation.diagnostics import GATE_NAMES, check_gates
 from validation.reference import (
     DRAWS_FILE,
@@ -22,7 +23,6 @@ from validation.reference import (
     ReferenceMismatch,
     ReferenceRefused,
     build_reference,
-    collect_versions,
     data_hash,
     load_reference,
     run_nuts,

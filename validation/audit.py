@@ -35,11 +35,11 @@ The claimed posteriors:
 - linear bandit: θ* ~ N(G⁻¹B, G⁻¹) from LinTS's (precision, moment);
 - linear diffusion: the joint Gaussian over (ψ_1, ..., ψ_L, θ_1, ..., θ_K) that the
   recursions define for the statistics (Ĝ_a, B̂_a) held in dTS's state
-  (:func:`ppl_bandits.diffusion.recursive_joint_posterior`);
+  (:func:`ppl_bandits.diffusion.posterior.recursive_joint_posterior`);
 - neural diffusion: the dTS approximation is a distribution over (ψ, θ) that is Gaussian
   only conditionally (ψ_ℓ | ψ_{ℓ+1} has a mean f_ℓ(ψ_{ℓ+1}) that is nonlinear). The
   *claimed distribution* is defined as the law of one call of
-  :func:`ppl_bandits.diffusion.sample_posterior` (``method="dts"``) on the state's
+  :func:`ppl_bandits.diffusion.posterior.sample_posterior` (``method="dts"``) on the state's
   statistics — exactly the draw dTS makes before its argmax. It is represented by
   ``posterior_samples`` independent draws (:class:`SampledPosterior`): its mean and
   covariance (the moment-matched Gaussian) enter the standardized mean error, the sd
@@ -61,11 +61,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.mixed_effect import mixed_effect_model
-from ppl_bandits.agents import MeTSState, hierts_prior, make_agent, resolve_agent_name
-from ppl_bandits.environments import mixed_effect_environment
-from ppl_bandits.runner import simulate
-from ppl_bandits.spec import MixedEffectPrior
+from models.diffusion import DiffusionPrior, diffusion_model
+from models.linear_bandit import LinearBanditPrior, linear_bandit_model
+from models.mixed_effect import MixedEffectPrior, mixed_effect_model
+from ppl_bandits.core.claims import SampledClaim
+from ppl_bandits.core.runner import simulate
+from ppl_bandits.diffusion.agents import dts, dts_approximation_claim, dts_posterior, dts_sampler
+from ppl_bandits.diffusion.ddpm import (
+    MAX_BATCH,
+    DDPMSettings,
+    ddpm_prior,
+    load_ddpm,
+    train_ddpm,
+    training_set,
+)
+from ppl_bandits.diffusion.environment import diffusion_environment, fixed_prior_environment
+from ppl_bandits.diffusion.posterior import recursion_gaussian
+from ppl_bandits.experiments.movielens import movielens_environment
+from ppl_bandits.linear_contextual.baselines import lin_ts
+from ppl_bandits.linear_contextual.environment import hcsa_environment
+from ppl_bandits.mixed_effect.agents import MeTSState, hierts_prior, mets_posterior
+from ppl_bandits.mixed_effect.catalog import make_agent, resolve_agent_name
+from ppl_bandits.mixed_effect.environment import mixed_effect_environment
 from validation.compare import (
     discrepancy,
     energy_distance,
@@ -74,6 +91,7 @@ from validation.compare import (
     stack_draws,
     stack_labels,
 )
+from validation.controls import GENERIC_CONTROLS, gaussian_control
 from validation.reference import Reference, build_reference, save_reference
 
 __all__ = [
@@ -87,6 +105,7 @@ __all__ = [
     "AuditSettings",
     "Gaussian64",
     "SampledPosterior",
+    "claim64",
     "claimed_posterior",
     "ddpm_environment",
     "diffusion_claimed_posterior",
@@ -115,7 +134,7 @@ AUDIT_AGENTS = {
     "HierTS": ("gaussian", None),
 }
 
-#: Deliberately wrong posteriors every mixed-effect audit must reject (validation.md).
+#: Deliberately wrong posteriors every mixed-effect audit must reject.
 NEGATIVE_CONTROLS = (
     "covariance-x1.3",
     "mean-shift-0.5sd",
@@ -145,72 +164,68 @@ class SampledPosterior(NamedTuple):
 
 
 def _state_at(state, run: int = 0):
-    return jax.tree.map(lambda a: np.asarray(a[run], np.float64), state)
+    return jax.tree.map(lambda a: a[run], state)
+
+
+def claim64(claim, *, num_samples: int = 20000, seed: int = 0):
+    """A claim of :mod:`ppl_bandits.core.claims` in the audit's float64 form.
+
+    A :class:`~ppl_bandits.core.claims.GaussianClaim` becomes :class:`Gaussian64`; a
+    :class:`~ppl_bandits.core.claims.SampledClaim` becomes :class:`SampledPosterior`, with
+    ``num_samples`` independent draws (key ``seed``) and their moments.
+    """
+    if isinstance(claim, SampledClaim):
+        x = np.asarray(claim.sample(jax.random.key(seed), int(num_samples)), np.float64)
+        return SampledPosterior(x.mean(0), np.atleast_2d(np.cov(x, rowvar=False)), x)
+    mean = np.asarray(claim.mean, np.float64)
+    cov = np.asarray(claim.cov, np.float64)
+    return Gaussian64(mean, 0.5 * (cov + cov.T))
 
 
 def claimed_posterior(state: MeTSState, factored: str | None = None) -> Gaussian64:
     """The Gaussian over (Ψ, θ_1, ..., θ_K) that a meTS-family agent samples from.
 
-    Read from one run's state (no leading run axis), in float64. ``factored`` is None for
-    the joint effect posterior, or "mean-field" / "published" for the factored sampler.
+    One run's state (no leading run axis), through the family's own claim
+    (:func:`ppl_bandits.mixed_effect.agents.mets_posterior`), in float64. ``factored`` is
+    None for the joint effect posterior, or "mean-field" / "published".
     """
-    prec = np.asarray(state.eff_prec, np.float64)
-    nat = np.asarray(state.eff_nat, np.float64)
-    gain = np.asarray(state.gain, np.float64)  # (K, d, Ld)
-    shift = np.asarray(state.shift, np.float64)
-    R = np.asarray(state.cond_sqrt, np.float64)
-    K, d, Ld = gain.shape
-    L = Ld // d
-    cov_full = np.linalg.inv(prec)
-    cov_full = 0.5 * (cov_full + cov_full.T)
-    mean_full = np.linalg.solve(prec, nat)
-    if factored is None:
-        m_psi, C_psi = mean_full, cov_full
-    else:
-        blocks = prec.reshape(L, d, L, d)
-        C_psi = np.zeros((Ld, Ld))
-        m_psi = np.empty(Ld)
-        for l in range(L):
-            sl = slice(l * d, (l + 1) * d)
-            C_l = np.linalg.inv(blocks[l, :, l, :])
-            C_psi[sl, sl] = 0.5 * (C_l + C_l.T)
-            m_psi[sl] = mean_full[sl] if factored == "mean-field" else C_l @ nat[sl]
-    A = gain.reshape(K * d, Ld)
-    m_theta = A @ m_psi + shift.reshape(-1)
-    cond = np.zeros((K * d, K * d))
-    for i in range(K):
-        cond[i * d : (i + 1) * d, i * d : (i + 1) * d] = R[i] @ R[i].T
-    cross = A @ C_psi
-    cov = np.block([[C_psi, cross.T], [cross, cross @ A.T + cond]])
-    return Gaussian64(np.concatenate([m_psi, m_theta]), 0.5 * (cov + cov.T))
+    return claim64(mets_posterior(state, factored))
+
+
+def _generic(name: str, claimed) -> Gaussian64:
+    """A generic control of :mod:`validation.controls` (one site: the flattened vector)."""
+    sites = (("latent", (claimed.mean.shape[0],)),)
+    return Gaussian64(*gaussian_control(name, claimed.mean, claimed.cov, sites))
+
+
+def _coupling_mask(p: int, head: int, block: int) -> np.ndarray:
+    """Keep the leading ``head`` × ``head`` block and the ``block``-sized diagonal blocks."""
+    mask = np.zeros((p, p), bool)
+    mask[:head, :head] = True
+    for start in range(head, p, block):
+        mask[start : start + block, start : start + block] = True
+    return mask
 
 
 def negative_control(
     name: str, claimed: Gaussian64, state: MeTSState, *, num_effects: int, dim: int
 ) -> Gaussian64:
-    """A deliberately wrong version of the claimed posterior.
+    """A deliberately wrong version of a meTS-family claim.
 
-    - ``covariance-x1.3``: covariance times 1.3;
-    - ``mean-shift-0.5sd``: every mean moved by half its marginal standard deviation;
+    - ``covariance-x1.3`` and ``mean-shift-0.5sd``: the generic controls of
+      :mod:`validation.controls` (covariance times 1.3; every mean moved by half its
+      marginal standard deviation);
     - ``coupling-dropped``: covariances between Ψ and θ and between actions set to 0;
     - ``published-factored-mean``: the effect means of the paper's eq. 43 (the factored
-      mean that drops the coupling between effects), covariance unchanged.
+      mean that drops the coupling between effects), covariance unchanged: the mean of the
+      family's own "published" claim, :func:`ppl_bandits.mixed_effect.agents.mets_posterior`.
     """
-    if name == "covariance-x1.3":
-        return Gaussian64(claimed.mean, 1.3 * claimed.cov)
-    if name == "mean-shift-0.5sd":
-        return Gaussian64(claimed.mean + 0.5 * np.sqrt(np.diag(claimed.cov)), claimed.cov)
+    if name in GENERIC_CONTROLS:
+        return _generic(name, claimed)
     if name == "coupling-dropped":
-        Ld = num_effects * dim
-        p = claimed.mean.shape[0]
-        mask = np.zeros((p, p), bool)
-        mask[:Ld, :Ld] = True
-        for start in range(Ld, p, dim):
-            mask[start : start + dim, start : start + dim] = True
+        mask = _coupling_mask(claimed.mean.shape[0], num_effects * dim, dim)
         return Gaussian64(claimed.mean, np.where(mask, claimed.cov, 0.0))
     if name == "published-factored-mean":
-        # Only the mean is wrong: the paper's eq. 43 effect means, propagated to θ through
-        # the agent's own conditional means, with the claimed covariance kept.
         return Gaussian64(claimed_posterior(state, "published").mean, claimed.cov)
     raise ValueError(f"negative control is {name!r}; expected one of {NEGATIVE_CONTROLS}")
 
@@ -271,8 +286,6 @@ class AuditFamily:
     """(agent, settings) -> Agent."""
     agent_prior: Callable[[str, Any], Any]
     """(agent, problem prior) -> the prior the agent is told (and NUTS conditions on)."""
-    claimed: Callable[[str, Any, AuditSettings], Gaussian64 | SampledPosterior]
-    """(agent, state of one run, settings) -> the posterior the agent samples from."""
     reference_model: Callable[[Any, tuple, str], tuple[Callable, tuple, dict, str]]
     """(prior, (contexts, actions, rewards), parameterization) -> (model, args, kwargs, name)."""
     control: Callable[[str, Gaussian64, Any, Any, AuditSettings], Gaussian64]
@@ -281,30 +294,12 @@ class AuditFamily:
     """Reward likelihood of the reference model."""
 
 
-def _mean_shift(claimed) -> Gaussian64:
-    return Gaussian64(claimed.mean + 0.5 * np.sqrt(np.diag(claimed.cov)), claimed.cov)
-
-
-def _block_diagonal(cov: np.ndarray, block: int) -> np.ndarray:
-    p = cov.shape[0]
-    mask = np.zeros((p, p), bool)
-    for start in range(0, p, block):
-        mask[start : start + block, start : start + block] = True
-    return np.where(mask, cov, 0.0)
-
-
 # ------------------------------------------------------------------ mixed effect
 
 
 def _mixed_environment(reward: str):
     def build(s: AuditSettings):
         if s.data is not None:
-            try:
-                from ppl_bandits.movielens import movielens_environment
-            except ImportError as exc:  # pragma: no cover - depends on the tree
-                raise ValueError(
-                    f"data is {s.data!r}; real-data audits need ppl_bandits.movielens ({exc})"
-                ) from None
             env = movielens_environment(
                 s.data,
                 reward=reward,
@@ -326,11 +321,6 @@ def _mixed_agent(agent: str, s: AuditSettings):
 
 def _mixed_agent_prior(agent: str, prior):
     return hierts_prior(prior) if agent == "HierTS" else prior
-
-
-def _mixed_claimed(agent: str, state, s: AuditSettings) -> Gaussian64:
-    factored = None if AUDIT_AGENTS[agent][1] is None else s.factored_variant
-    return claimed_posterior(state, factored)
 
 
 def _mixed_reference(likelihood: str):
@@ -362,7 +352,6 @@ def _mixed_family(model: str, reward: str, likelihood: str, agents: dict) -> Aud
         environment=_mixed_environment(reward),
         agent=_mixed_agent,
         agent_prior=_mixed_agent_prior,
-        claimed=_mixed_claimed,
         reference_model=_mixed_reference(likelihood),
         control=_mixed_control,
         likelihood=likelihood,
@@ -377,54 +366,45 @@ LINEAR_BANDIT_CONTROLS = ("covariance-x1.3", "mean-shift-0.5sd", "noise-sd-x2")
 
 
 def _linear_bandit_environment(s: AuditSettings):
-    from ppl_bandits.linear_contextual import hcsa_environment
 
     env = hcsa_environment(d=s.dim, N=s.num_arms)
     return env, {"environment": f"hcsa_environment(d={s.dim}, N={s.num_arms})"}
 
 
 def _linear_bandit_agent(agent: str, s: AuditSettings):
-    from ppl_bandits.linear_contextual import lin_ts
 
     return lin_ts()
 
 
-def _lin_ts_gaussian(precision, moment) -> Gaussian64:
-    prec = np.asarray(precision, np.float64)
-    cov = np.linalg.inv(0.5 * (prec + prec.T))
+def _precision_claim(precision, moment) -> Gaussian64:
+    prec = 0.5 * (precision + precision.T)
+    cov = np.linalg.inv(prec)
     cov = 0.5 * (cov + cov.T)
-    return Gaussian64(cov @ np.asarray(moment, np.float64), cov)
-
-
-def _linear_bandit_claimed(agent: str, state, s: AuditSettings) -> Gaussian64:
-    """θ* ~ N(G⁻¹B, G⁻¹) from LinTS's state (v = 1: exact Thompson sampling)."""
-    return _lin_ts_gaussian(state.precision, state.moment)
+    return Gaussian64(cov @ moment, cov)
 
 
 def _linear_bandit_reference(prior, history, parameterization):
-    from models.linear_bandit import linear_bandit_model
 
     contexts, _, rewards = history
     return linear_bandit_model, (prior, contexts, rewards), {}, "linear-bandit"
 
 
 def _linear_bandit_control(name, claimed, state, agent_prior, s: AuditSettings) -> Gaussian64:
-    if name == "covariance-x1.3":
-        return Gaussian64(claimed.mean, 1.3 * claimed.cov)
-    if name == "mean-shift-0.5sd":
-        return _mean_shift(claimed)
+    if name in GENERIC_CONTROLS:
+        return _generic(name, claimed)
     if name == "noise-sd-x2":
+        # The claim's precision and natural mean minus the prior's are the data's; a LinTS
+        # that assumes twice the noise sd weights them by 1/4.
         sigma = np.asarray(agent_prior.sigma, np.float64)
         P0 = np.linalg.inv(sigma)
         b0 = P0 @ np.asarray(agent_prior.mu, np.float64)
-        prec = np.asarray(state.precision, np.float64)
-        moment = np.asarray(state.moment, np.float64)
-        return _lin_ts_gaussian(P0 + (prec - P0) / 4.0, b0 + (moment - b0) / 4.0)
+        prec = np.linalg.inv(claimed.cov)
+        moment = prec @ claimed.mean
+        return _precision_claim(P0 + (prec - P0) / 4.0, b0 + (moment - b0) / 4.0)
     raise ValueError(f"negative control is {name!r}; expected one of {LINEAR_BANDIT_CONTROLS}")
 
 
 def _linear_bandit_family() -> AuditFamily:
-    from models.linear_bandit import LinearBanditPrior
 
     return AuditFamily(
         name="linear-bandit",
@@ -437,7 +417,6 @@ def _linear_bandit_family() -> AuditFamily:
         environment=_linear_bandit_environment,
         agent=_linear_bandit_agent,
         agent_prior=lambda agent, prior: prior,
-        claimed=_linear_bandit_claimed,
         reference_model=_linear_bandit_reference,
         control=_linear_bandit_control,
     )
@@ -458,129 +437,48 @@ DIFFUSION_LINEAR_CONTROLS = (
 DIFFUSION_NEURAL_CONTROLS = ("covariance-x1.3", "mean-shift-0.5sd", "coupling-dropped")
 
 
-def _sem_gaussian64(links, feed, shift, lat_cov, cond_feed, cond_shift, cond_cov) -> Gaussian64:
-    r"""The Gaussian of the linear structural equations of a (linear) diffusion posterior.
-
-    ψ_L = shift_L + e_L, ψ_ℓ = feed_ℓ W_{ℓ+1} ψ_{ℓ+1} + shift_ℓ + e_ℓ and
-    θ_a = cond_feed_a W_1 ψ_1 + cond_shift_a + e_a, with independent
-    e ~ N(0, lat_cov_ℓ or cond_cov_a): with z = A z + c + e,
-    z ~ N((I − A)⁻¹c, (I − A)⁻¹ D (I − A)⁻ᵀ). Ordered (ψ_1, ..., ψ_L, θ_1, ..., θ_K), in float64.
-    """
-    f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
-    links, feed, shift, lat_cov = f64(links), f64(feed), f64(shift), f64(lat_cov)
-    cond_feed, cond_shift, cond_cov = f64(cond_feed), f64(cond_shift), f64(cond_cov)
-    L, d = shift.shape
-    K = cond_shift.shape[0]
-    N = (L + K) * d
-    A = np.zeros((N, N))
-    for level in range(1, L):
-        r, c = (level - 1) * d, level * d
-        A[r : r + d, c : c + d] = feed[level - 1] @ links[level]
-    for a in range(K):
-        r = (L + a) * d
-        A[r : r + d, :d] = cond_feed[a] @ links[0]
-    c = np.concatenate([shift.reshape(-1), cond_shift.reshape(-1)])
-    D = np.zeros((N, N))
-    for i, block in enumerate([*lat_cov, *cond_cov]):
-        D[i * d : (i + 1) * d, i * d : (i + 1) * d] = 0.5 * (block + block.T)
-    T = np.eye(N) - A
-    mean = np.linalg.solve(T, c)
-    left = np.linalg.solve(T, D)
-    cov = np.linalg.solve(T, left.T).T
-    return Gaussian64(mean, 0.5 * (cov + cov.T))
-
-
-def diffusion_claimed_posterior(state) -> Gaussian64:
-    r"""The Gaussian over (ψ_1, ..., ψ_L, θ_1, ..., θ_K) that dTS samples from (linear links).
-
-    Read from the terms cached in one run's :class:`ppl_bandits.diffusion.DTSState`, the
-    ones its ``act`` uses: the upward recursion ``latent`` (Σ̄_ℓ = R_ℓR_ℓᵀ, feed Σ̄_ℓΣ_{ℓ+1}⁻¹,
-    shift Σ̄_ℓB̄_ℓ) and the action terms (Σ̂_aS_a, Σ̂_aB_a, Σ̂_a = R_aR_aᵀ), with the
-    downward means through the links W_ℓ. With Gaussian rewards this is the exact posterior
-    when the state was built with the exact recursion (:func:`diffusion_sem_posterior`).
-    """
-    if state.prior.neural is not None:
-        raise ValueError(
-            "state has neural links; its posterior is not Gaussian (use SampledPosterior draws)"
-        )
-    lat = state.latent
-    sq = np.asarray(lat.sqrt, np.float64)
-    csq = np.asarray(state.cond_sqrt, np.float64)
-    return _sem_gaussian64(
-        state.prior.links,
-        lat.feed,
-        lat.shift,
-        sq @ np.swapaxes(sq, -1, -2),
-        state.cond_feed,
-        state.shift,
-        csq @ np.swapaxes(csq, -1, -2),
-    )
-
-
-def diffusion_sem_posterior(prior, stats, method: str = "exact") -> Gaussian64:
-    """The Gaussian a linear diffusion posterior recursion defines for statistics ``stats``.
-
-    ``method="exact"`` is :func:`ppl_bandits.diffusion.recursive_joint_posterior` (in
-    float64); ``method="dts"`` is the dTS approximation (W_ℓ dropped from the upward
-    recursion, kept in the downward means), which for linear links is Gaussian too.
-    """
-    from ppl_bandits.diffusion import latent_terms
-    from ppl_bandits.mixed_effect import chol_inverse
-
-    act, lat = latent_terms(prior, stats, method)
-    K = stats.G.shape[0]
-    S = chol_inverse(prior.sigma_theta[:K])
-    cond_feed = jnp.einsum("kij,kjl->kil", act.cond_cov, S)
-    cond_shift = jnp.einsum("kij,kj->ki", act.cond_cov, stats.B)
-    return _sem_gaussian64(
-        prior.links, lat.feed, lat.shift, lat.cov, cond_feed, cond_shift, act.cond_cov
-    )
-
-
-def _state_stats(state):
-    from ppl_bandits.mixed_effect import SufficientStats
-
-    return SufficientStats(
-        jnp.asarray(state.G), jnp.asarray(state.B), jnp.asarray(state.count, jnp.int32)
-    )
-
-
 def _as_prior(prior):
     """A DiffusionPrior whose leaves are JAX arrays of the default float dtype."""
     dtype = jnp.result_type(float)
     return jax.tree.map(lambda a: jnp.asarray(a, dtype), prior)
 
 
+def diffusion_claimed_posterior(state) -> Gaussian64:
+    r"""The Gaussian over (ψ_1, ..., ψ_L, θ_1, ..., θ_K) that dTS samples from (linear links).
+
+    The family's own claim, :func:`ppl_bandits.diffusion.agents.dts_posterior`, in float64.
+    """
+    claim = dts_posterior(state)
+    if isinstance(claim, SampledClaim):
+        raise ValueError(
+            "state has neural links; its posterior is not Gaussian (use SampledPosterior draws)"
+        )
+    return claim64(claim)
+
+
+def diffusion_sem_posterior(prior, stats, method: str = "exact") -> Gaussian64:
+    """The Gaussian a linear diffusion posterior recursion defines for statistics ``stats``.
+
+    :func:`ppl_bandits.diffusion.posterior.recursion_gaussian`: ``method="exact"`` is the
+    exact posterior, ``method="dts"`` the dTS approximation (W_ℓ dropped from the upward
+    recursion, kept in the downward means), which for linear links is Gaussian too.
+    """
+    return claim64(recursion_gaussian(prior, stats, method))
+
+
 def dts_posterior_samples(state, num_samples: int, seed: int = 0) -> SampledPosterior:
     """``num_samples`` independent draws of one dTS posterior sample (ψ, θ), flattened.
 
-    Each draw is one call of :func:`ppl_bandits.diffusion.sample_posterior` on the state's
-    prior and statistics (``method="dts"`` for neural links, ``"exact"`` for linear
-    ones), i.e. the (ψ_1..ψ_L, θ_1..θ_K) dTS draws before taking its argmax.
+    The family's sampler claim (:func:`ppl_bandits.diffusion.agents.dts_sampler`:
+    ``method="dts"`` for neural links, ``"exact"`` for linear ones), i.e. the
+    (ψ_1..ψ_L, θ_1..θ_K) dTS draws before taking its argmax.
     """
-    from ppl_bandits.diffusion import sample_posterior
-
-    prior = _as_prior(state.prior)
-    stats = _state_stats(state)
-    stats = stats._replace(G=stats.G.astype(prior.sigma_psi.dtype))
-    stats = stats._replace(B=stats.B.astype(prior.sigma_psi.dtype))
-    method = "dts" if prior.neural is not None else "exact"
-    keys = jax.random.split(jax.random.key(seed), int(num_samples))
-    psi, theta = jax.jit(jax.vmap(lambda k: sample_posterior(k, prior, stats, method)))(keys)
-    x = np.concatenate(
-        [
-            np.asarray(psi, np.float64).reshape(len(keys), -1),
-            np.asarray(theta, np.float64).reshape(len(keys), -1),
-        ],
-        axis=1,
-    )
-    return SampledPosterior(x.mean(0), np.atleast_2d(np.cov(x, rowvar=False)), x)
+    return claim64(dts_sampler(state), num_samples=num_samples, seed=seed)
 
 
 def ddpm_environment(prior, *, truth: Callable | None = None, name: str = "diffusion-ddpm"):
     """A bandit whose prior is a fixed (pre-trained) :class:`~models.diffusion.DiffusionPrior`:
-    :func:`ppl_bandits.diffusion.fixed_prior_environment` with the prior's noise sd."""
-    from ppl_bandits.diffusion import fixed_prior_environment
+    :func:`ppl_bandits.diffusion.environment.fixed_prior_environment` with the prior's noise sd."""
 
     return fixed_prior_environment(prior, truth=truth, name=name)
 
@@ -599,19 +497,11 @@ def pretrain_ddpm_prior(
 ):
     """A DDPM diffusion prior: loaded from ``prior_dir``, or pre-trained here.
 
-    Pre-training (:func:`ppl_bandits.ddpm.train_ddpm`) uses ``num_samples`` draws of the
+    Pre-training (:func:`ppl_bandits.diffusion.ddpm.train_ddpm`) uses ``num_samples`` draws of the
     ``training`` set (default N(0, I_d), the paper's App. G.3) and
     ceil(train_steps / batches per epoch) epochs, so that every sample size gets about
     ``train_steps`` Adam steps. Returns (DiffusionPrior, JSON-ready description).
     """
-    from ppl_bandits.ddpm import (
-        MAX_BATCH,
-        DDPMSettings,
-        ddpm_prior,
-        load_ddpm,
-        train_ddpm,
-        training_set,
-    )
 
     t0 = time.perf_counter()
     if prior_dir is not None:
@@ -646,7 +536,6 @@ def pretrain_ddpm_prior(
 
 def _diffusion_environment(link: str):
     def build(s: AuditSettings):
-        from ppl_bandits.diffusion import diffusion_environment
 
         if link == "linear" or s.prior == "random":
             env = diffusion_environment(s.num_actions, s.num_effects, s.dim, link=link)
@@ -667,21 +556,11 @@ def _diffusion_environment(link: str):
 
 
 def _diffusion_agent(agent: str, s: AuditSettings):
-    from ppl_bandits.diffusion import dts
 
     return dts()
 
 
-def _diffusion_linear_claimed(agent: str, state, s: AuditSettings) -> Gaussian64:
-    return diffusion_claimed_posterior(state)
-
-
-def _diffusion_neural_claimed(agent: str, state, s: AuditSettings) -> SampledPosterior:
-    return dts_posterior_samples(state, s.posterior_samples, s.seed)
-
-
 def _diffusion_reference(prior, history, parameterization):
-    from models.diffusion import diffusion_model
 
     kind = "linear" if prior.neural is None else "neural"
     return (
@@ -693,19 +572,17 @@ def _diffusion_reference(prior, history, parameterization):
 
 
 def _diffusion_control(name, claimed, state, agent_prior, s: AuditSettings) -> Gaussian64:
-    if name == "covariance-x1.3":
-        return Gaussian64(claimed.mean, 1.3 * claimed.cov)
-    if name == "mean-shift-0.5sd":
-        return _mean_shift(claimed)
+    if name in GENERIC_CONTROLS:
+        return _generic(name, claimed)
     if name == "coupling-dropped":
-        return Gaussian64(claimed.mean, _block_diagonal(claimed.cov, s.dim))
-    if name == "dts-approximation" and state.prior.neural is None:
-        return diffusion_sem_posterior(_as_prior(state.prior), _state_stats(state), "dts")
+        mask = _coupling_mask(claimed.mean.shape[0], 0, s.dim)
+        return Gaussian64(claimed.mean, np.where(mask, claimed.cov, 0.0))
+    if name == "dts-approximation" and agent_prior.neural is None:
+        return claim64(dts_approximation_claim(state))
     raise ValueError(f"negative control is {name!r}; expected one of {DIFFUSION_LINEAR_CONTROLS}")
 
 
 def _diffusion_family(link: str) -> AuditFamily:
-    from models.diffusion import DiffusionPrior
 
     linear = link == "linear"
     return AuditFamily(
@@ -727,7 +604,6 @@ def _diffusion_family(link: str) -> AuditFamily:
         environment=_diffusion_environment(link),
         agent=_diffusion_agent,
         agent_prior=lambda agent, prior: prior,
-        claimed=_diffusion_linear_claimed if linear else _diffusion_neural_claimed,
         reference_model=_diffusion_reference,
         control=_diffusion_control,
     )
@@ -946,15 +822,15 @@ def run_audit(
     factored_variant : mean of the "-Fa" agents, "mean-field" or "published".
     num_arms : N, arms per round of the linear bandit.
     prior : diffusion-neural only: "random" (a random 2-layer ReLU MLP link per level,
-        :func:`ppl_bandits.diffusion.diffusion_environment`) or "ddpm" (a DDPM prior,
+        :func:`ppl_bandits.diffusion.environment.diffusion_environment`) or "ddpm" (a DDPM prior,
         :func:`pretrain_ddpm_prior`; its ``ddpm_steps`` levels replace ``num_effects``).
-    prior_dir : directory of a saved DDPM (:func:`ppl_bandits.ddpm.save_ddpm`); implies
+    prior_dir : directory of a saved DDPM (:func:`ppl_bandits.diffusion.ddpm.save_ddpm`); implies
         ``prior="ddpm"``.
     pretrain_samples, pretrain_steps, ddpm_steps : DDPM pre-training on N(0, I_d) samples.
     posterior_samples : draws that represent a sampled (non-Gaussian) claimed posterior.
     data : mixed-effect models only: path of a real data set (MovieLens,
-        :func:`ppl_bandits.movielens.movielens_environment`).
-    environment : an :class:`~ppl_bandits.types.Environment` to use instead of the
+        :func:`ppl_bandits.experiments.movielens.movielens_environment`).
+    environment : an :class:`~ppl_bandits.core.types.Environment` to use instead of the
         family's own; its ``draw`` must return a prior of the family's type.
     out_dir : if given, each accepted reference is stored under out_dir/reference_t<t>/.
     log : where progress lines go (None for silence).
@@ -1065,12 +941,10 @@ def run_audit(
     histories, claims = {}, {}
     for t in checkpoints:
         log(f"  checkpoint t={t}")
-        state = (
-            jax.tree.map(lambda a: np.asarray(a), init_state)
-            if t == 0
-            else _state_at(res.checkpoint_states[t])
+        state = init_state if t == 0 else _state_at(res.checkpoint_states[t])
+        claimed = claim64(
+            bandit.posterior(state), num_samples=settings.posterior_samples, seed=settings.seed
         )
-        claimed = family.claimed(agent, state, settings)
         histories[t], claims[t] = _history(res, t), claimed
         ref, attempts = _reference(
             family,

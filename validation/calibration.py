@@ -1,6 +1,6 @@
 r"""Simulation-based calibration (SBC) of the agents' posteriors under adaptive data.
 
-One replication of a study (Talts et al. 2018; validation.md §4):
+One replication of a study (Talts et al. 2018):
 
 1. the environment draws a problem, i.e. the prior and the true (Ψ, θ), from the NumPyro
    model (:func:`models.mixed_effect.sample_mixed_effect_parameters`): the SBC prior draw;
@@ -16,7 +16,7 @@ One replication of a study (Talts et al. 2018; validation.md §4):
 Under the exact posterior every PIT is uniform on (0, 1) although the policy chose the data
 adaptively: the policy depends only on observed data, so the likelihood of the design does
 not involve the parameters. Replications are the vmapped runs of
-:func:`ppl_bandits.runner.simulate`, sharded over ``jax.devices()``.
+:func:`ppl_bandits.core.runner.simulate`, sharded over ``jax.devices()``.
 
 Uniformity is tested column by column (each coordinate's PIT and each χ² PIT) with the
 simultaneous ECDF band test of Säilynoja, Bürkner and Vehtari (2022): the statistic of a
@@ -29,7 +29,7 @@ Which posterior is calibrated:
 
 - meTS agents (meTS-Lin, -Fa, -GLM, -GLM-Fa, HierTS): the Gaussian over (Ψ, θ_1..θ_K);
   one joint χ² PIT with p = Ld + Kd. HierTS is calibrated on its own one-effect model
-  (problems drawn from :func:`ppl_bandits.agents.hierts_prior`), where its posterior is
+  (problems drawn from :func:`ppl_bandits.mixed_effect.agents.hierts_prior`), where its posterior is
   exact; on a mixed-effect problem its ψ is not the model's Ψ.
 - LinTS and GLM-TS: the per-action Gaussians over θ_i only (no posterior of Ψ exists).
   They claim nothing about the joint law of (θ_1..θ_K) (the product of per-action
@@ -37,11 +37,11 @@ Which posterior is calibrated:
   (χ²_d, K columns).
 
 - dTS (Aouali 2025) on the diffusion prior (:mod:`models.diffusion`, problems from
-  :func:`ppl_bandits.diffusion.diffusion_environment`, the agent
+  :func:`ppl_bandits.diffusion.environment.diffusion_environment`, the agent
   ``make_diffusion_agent("dTS")``), over (ψ_1..ψ_L, θ_1..θ_K) with L the diffusion levels:
   ``"dTS"`` has linear links, where the agent's recursion is the exact posterior, and is
   read out exactly (Gaussian marginals by the downward pass of
-  :func:`ppl_bandits.diffusion.diffusion_posterior`, from the terms in the agent's state);
+  :func:`ppl_bandits.diffusion.posterior.diffusion_posterior`, from the terms in the agent's state);
   ``"dTS-neural"`` has random neural (MLP) links, where the agent samples the dTS
   approximation, which is not Gaussian: each coordinate's PIT is the randomized rank
   (rank + V) / (S + 1) of the truth among S = ``DRAWS`` draws of the agent's own
@@ -79,16 +79,22 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from scipy import stats
 
-from ppl_bandits.agents import (
-    hierts_prior,
-    make_agent,
-    resolve_agent_name,
-)
-from ppl_bandits.environments import mixed_effect_environment
-from ppl_bandits.runner import _name_salt, _round_keys
-from ppl_bandits.spec import fig2_prior
+from models.diffusion import apply_link
+from models.mixed_effect import fig2_prior, mixed_effect_model
+from ppl_bandits.core.likelihood import SufficientStats
+from ppl_bandits.core.runner import name_salt, round_keys
+from ppl_bandits.diffusion.agents import make_diffusion_agent
+from ppl_bandits.diffusion.environment import diffusion_environment
+from ppl_bandits.diffusion.posterior import latent_terms, sample_posterior
+from ppl_bandits.mixed_effect.agents import hierts_prior
+from ppl_bandits.mixed_effect.catalog import make_agent, resolve_agent_name
+from ppl_bandits.mixed_effect.environment import mixed_effect_environment
+from ppl_bandits.plotting import subplots
+from ppl_bandits.results import collect_versions, command_line, write_json
 from validation.audit import AUDIT_MODELS
 from validation.audit import NEGATIVE_CONTROLS as CONTROL_KINDS
+from validation.compare import stack_draws
+from validation.reference import run_nuts
 
 __all__ = [
     "ALPHA",
@@ -247,8 +253,6 @@ def _resolve_devices(devices) -> list:
 def _setup(agent: str, model: str, K: int, L: int, d: int, rounds: int):
     """Environment and agent, cached so repeated studies reuse the compiled program."""
     if agent in DIFFUSION_POSTERIORS:
-        from ppl_bandits.diffusion import diffusion_environment, make_diffusion_agent
-
         link = DIFFUSION_POSTERIORS[agent][0]
         return diffusion_environment(K, L, d, link=link), make_diffusion_agent("dTS")
     reward = AUDIT_MODELS[model][0]
@@ -269,14 +273,14 @@ def _program(agent: str, model: str, K: int, L: int, d: int, rounds: int):
 
     The prior draw, the agent's initialisation and the ``lax.scan`` over rounds are fused
     in one vmapped program (one compilation, no per-round outputs kept). Keys follow
-    :func:`ppl_bandits.runner.simulate` exactly (the problem from ``fold_in(run_key, 0)``,
+    :func:`ppl_bandits.core.runner.simulate` exactly (the problem from ``fold_in(run_key, 0)``,
     the agent's initialisation from ``fold_in(run_key, 1)`` and the rounds from
     ``fold_in(run_key, 2)``, each salted with the agent's name), so a replication is the
     run the runner would simulate, with the final agent state and the true parameters
     as outputs.
     """
     env, bandit = _setup(agent, model, K, L, d, rounds)
-    salt = _name_salt(bandit.name)
+    salt = name_salt(bandit.name)
 
     def one(run_key):
         prior, params = env.draw(jax.random.fold_in(run_key, 0))
@@ -285,7 +289,7 @@ def _program(agent: str, model: str, K: int, L: int, d: int, rounds: int):
         loop_key = jax.random.fold_in(run_key, 2)
 
         def step(state, t):
-            k_ctx, k_act, k_rew, k_upd = _round_keys(loop_key, t)
+            k_ctx, k_act, k_rew, k_upd = round_keys(loop_key, t)
             ctx = env.contexts(k_ctx, params, t)
             action = bandit.act(jax.random.fold_in(k_act, salt), state, ctx)
             reward = env.reward(k_rew, params, ctx, action)
@@ -451,7 +455,6 @@ def _pits(state, params, kind, control, *, K, d):
 
 
 def _stats_of(state):
-    from ppl_bandits.mixed_effect import SufficientStats
 
     return SufficientStats(state.G, state.B, state.count)
 
@@ -459,7 +462,6 @@ def _stats_of(state):
 @functools.lru_cache(maxsize=8)
 def _links_program():
     """f_ℓ(ψ_ℓ) for every level, batched over replications: (R, L, d) -> (R, L, d)."""
-    from models.diffusion import apply_link
 
     def links(prior, psi):
         L = psi.shape[0]
@@ -471,7 +473,6 @@ def _links_program():
 @functools.lru_cache(maxsize=8)
 def _dts_terms_program():
     """The dTS approximation's recursion (links dropped) for the agent's statistics."""
-    from ppl_bandits.diffusion import latent_terms
 
     def terms(prior, stats):
         lat = latent_terms(prior, stats, "dts")[1]
@@ -483,7 +484,6 @@ def _dts_terms_program():
 @functools.lru_cache(maxsize=8)
 def _draws_program(method: str, draws: int):
     """``draws`` posterior draws per replication from the agent's sampler, flattened."""
-    from ppl_bandits.diffusion import sample_posterior
 
     def one(key, prior, stats):
         def draw(k):
@@ -1056,10 +1056,6 @@ def calibrate_nuts(
     """
     from numpyro import handlers
 
-    from models.mixed_effect import mixed_effect_model
-    from validation.compare import stack_draws
-    from validation.reference import run_nuts
-
     replications = _check_count("replications", replications)
     K, L, d = (
         _check_count(n, v)
@@ -1161,8 +1157,6 @@ def write_calibration(result: dict, out_dir) -> Path:
     simultaneous band for the χ² PIT and the three worst coordinates, and the coverage.
     Returns the path of the JSON file.
     """
-    from ppl_bandits.plotting import subplots
-    from ppl_bandits.provenance import collect_versions, command_line, write_json
 
     for key in ("posterior", "pit", "chi2_pit", "uniformity", "coverage", "labels"):
         if key not in result:
@@ -1366,8 +1360,6 @@ def write_calibration_table(rows: list[dict], out_dir, *, settings: dict | None 
     Returns the path of the JSON file.
     """
     import csv
-
-    from ppl_bandits.provenance import collect_versions, command_line, write_json
 
     if not rows:
         raise ValueError("rows is empty; expected the rows of calibration_table")

@@ -29,8 +29,8 @@ import numpy as np
 from scipy.linalg import solve_triangular
 from scipy.spatial.distance import cdist
 
-from ppl_bandits._checks import as_positive_definite, check_finite, check_shape
-from validation.diagnostics import _coordinate_labels
+from models.checks import as_positive_definite, check_finite, check_shape
+from validation.diagnostics import coordinate_labels
 
 with warnings.catch_warnings():
     # ArviZ 0.23 announces its 1.0 refactor with a FutureWarning on import (once a day).
@@ -118,7 +118,7 @@ def stack_labels(idata, var_names: Sequence[str] | str) -> list[str]:
     labels: list[str] = []
     for name in _names(posterior, var_names):
         da = posterior[name].isel(chain=0, draw=0, drop=True)
-        labels.extend(_coordinate_labels(da))
+        labels.extend(coordinate_labels(da))
     return labels
 
 

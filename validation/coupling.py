@@ -1,7 +1,7 @@
-r"""The HCSA coupling checks (``hcsa.md``, "What the coupling checks must show").
+r"""The HCSA coupling checks (Kim 2025; ``docs/maths/hcsa.md``).
 
-Four checks of :mod:`ppl_bandits.hcsa`, each with a verdict, its statistics and at least
-one deliberately wrong variant that it must reject (``validation.md``, negative controls):
+Four checks of :mod:`ppl_bandits.linear_contextual.hcsa`, each with a verdict, its statistics
+and at least one deliberately wrong variant that it must reject (negative controls):
 
 1. **Lemma 1** (float64): :math:`\sum_j z_j z_j^\top = \sum_k x_k x_k^\top` to round-off for
    random, rank-deficient (N < d, low-rank) and masked contexts, for every played arm; with
@@ -11,7 +11,8 @@ one deliberately wrong variant that it must reject (``validation.md``, negative 
    Control: contexts :math:`z_j = u_j` without the :math:`\sqrt{\lambda_j}` scaling.
 2. **Matching**: the empirical P(M_t) of CAS is at least 1 − δ/(t+1)² (one-sided exact
    binomial test) and the trial count is Geometric(γ) truncated at ρ_t (chi-square); the
-   count never exceeds ρ_t and :func:`~ppl_bandits.hcsa.count_trials` replays CAS exactly.
+   count never exceeds ρ_t and :func:`~ppl_bandits.linear_contextual.hcsa.count_trials`
+   replays CAS exactly.
    Control: CAS that draws ã = 0 with probability 0.5 instead of γ.
 3. **Unbiasedness of eq. (11)** by Monte Carlo: z-scores (mean − z_jᵀθ*)/MCSE over every
    active slot of several scenarios, Bonferroni at level α. Controls: wrong φ (γ in the
@@ -38,7 +39,6 @@ Run it with :func:`run_coupling_checks` and write the files with
 from __future__ import annotations
 
 import html
-import json
 import math
 import sys
 import time
@@ -50,7 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppl_bandits.hcsa import (
+from ppl_bandits.linear_contextual.environment import hcsa_environment
+from ppl_bandits.linear_contextual.hcsa import (
     augmentation_budget,
     check_probability,
     count_trials,
@@ -68,7 +69,7 @@ from ppl_bandits.hcsa import (
     sampling_moments,
     serial_after,
 )
-from ppl_bandits.linear_contextual import hcsa_environment
+from ppl_bandits.results import collect_versions, write_json
 
 __all__ = [
     "ALPHA",
@@ -130,8 +131,8 @@ def _lemma1_stats(contexts, action):
     """Identity and eigenvalue statistics of one (contexts, action) pair.
 
     Written with two LAPACK calls that depend on each other (one batched ``eigh`` inside
-    :func:`~ppl_bandits.hcsa.hypothetical_contexts` for both variants, one stacked
-    ``eigvalsh``): see :func:`ppl_bandits.hcsa.serial_after` for why.
+    :func:`~ppl_bandits.linear_contextual.hcsa.hypothetical_contexts` for both variants, one stacked
+    ``eigvalsh``): see :func:`ppl_bandits.linear_contextual.hcsa.serial_after` for why.
     """
     G = contexts.T @ contexts
     d = G.shape[0]
@@ -669,9 +670,9 @@ def run_coupling_checks(
     gamma, delta : float in (0, 1)
         φ(0) and the coupling failure budget.
     v, lam, aug_scale, null_precision : float
-        HCSA+TS settings (:func:`ppl_bandits.hcsa.hcsa_ts`).
+        HCSA+TS settings (:func:`ppl_bandits.linear_contextual.hcsa.hcsa_ts`).
     noise_sd, mask_prob : float
-        Environment of check 4 (:func:`ppl_bandits.linear_contextual.hcsa_environment`).
+        Environment of check 4 (:func:`ppl_bandits.linear_contextual.environment.hcsa_environment`).
     wrong_gamma : float in (0, 1), != gamma
         Sampling probability of the wrong-φ controls.
     reference_bias : float > 0
@@ -947,26 +948,6 @@ def run_coupling_checks(
 # --------------------------------------------------------------------------------------
 
 
-def _versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": sys.version.split()[0]}
-    for name in ("jax", "jaxlib", "numpyro", "arviz", "numpy", "scipy", "matplotlib"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"cannot serialise {type(o).__name__}")
-
-
 def _figure():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -1093,11 +1074,11 @@ def write_coupling_report(
     out.mkdir(parents=True, exist_ok=True)
     record = {k: v for k, v in result.items() if k != "figure_data"}
     record["command"] = command
-    record["versions"] = versions if versions is not None else _versions()
+    record["versions"] = versions if versions is not None else collect_versions()
     if wall_seconds is not None:
         record["wall_seconds"] = float(wall_seconds)
     path = out / "coupling.json"
-    path.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+    write_json(path, record)
     figs = result.get("figure_data", {})
     written = []
     for key, fname, fn in (

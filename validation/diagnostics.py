@@ -66,6 +66,7 @@ __all__ = [
     "GateReport",
     "GateResult",
     "check_gates",
+    "coordinate_labels",
 ]
 
 #: At least four chains, as recommended by Vehtari et al. (2021); R̂ compares chains and
@@ -244,7 +245,7 @@ def _fmt(x: float) -> str:
     return f"{x:.5g}"
 
 
-def _coordinate_labels(da) -> list[str]:
+def coordinate_labels(da) -> list[str]:
     """Labels of the flattened (row-major) coordinates of a DataArray without chain/draw."""
     name = str(da.name)
     if da.ndim == 0:
@@ -263,7 +264,7 @@ def _worst(ds, var_names: Sequence[str], largest: bool) -> tuple[float, str]:
     for name in var_names:
         da = ds[name]
         values = np.asarray(da.values, dtype=np.float64).ravel()
-        labels = _coordinate_labels(da)
+        labels = coordinate_labels(da)
         for v, label in zip(values, labels, strict=True):
             if math.isnan(v):
                 return float("nan"), label

@@ -18,7 +18,7 @@ true prior (:func:`validation.audit.ddpm_environment` with ``truth``):
 Each row compares three distributions:
 
 - **dTS**: the claimed dTS posterior, represented by independent draws of
-  :func:`ppl_bandits.diffusion.sample_posterior` (see :mod:`validation.audit`);
+  :func:`ppl_bandits.diffusion.posterior.sample_posterior` (see :mod:`validation.audit`);
 - **NUTS**: an accepted NUTS reference of the exact NumPyro diffusion model with the same
   DDPM links (the posterior dTS approximates);
 - **exact**: the closed-form Gaussian posterior of θ under the *true* prior
@@ -47,7 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppl_bandits.provenance import collect_versions, write_json
+from ppl_bandits.plotting import subplots
+from ppl_bandits.results import collect_versions, write_json
 from validation.audit import ddpm_environment, pretrain_ddpm_prior, run_audit
 from validation.compare import energy_distance, gaussian_w2
 
@@ -351,7 +352,6 @@ def run_diffusion_study(
 
 
 def _plot(rows, key_x: str, study: str, path: Path, xlabel: str) -> None:
-    from ppl_bandits.plotting import subplots
 
     sel = [r for r in rows if r["study"] == study]
     if not sel:

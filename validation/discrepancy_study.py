@@ -16,10 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ppl_bandits.provenance import collect_versions, write_json
+from ppl_bandits.plotting import subplots
+from ppl_bandits.results import collect_versions, write_json
 from validation.audit import run_audit
 
-__all__ = ["DEFAULT_STUDY", "run_discrepancy_study", "write_discrepancy_study"]
+__all__ = [
+    "COLUMNS",
+    "DEFAULT_STUDY",
+    "run_discrepancy_study",
+    "write_discrepancy_study",
+]
 
 #: (label, agent, model, factored variant) of the default study.
 DEFAULT_STUDY = (
@@ -112,7 +118,6 @@ def write_discrepancy_study(
     rows: list[dict], out_dir, *, command: str, seed: int, settings: dict, wall_seconds: float
 ) -> Path:
     """Write discrepancy.csv, discrepancy.json and discrepancy.png under ``out_dir``."""
-    from ppl_bandits.plotting import subplots
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

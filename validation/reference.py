@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from numpyro.infer import MCMC, NUTS
 
-from ppl_bandits.provenance import collect_versions
+from ppl_bandits.results import collect_versions, strict_json
 from validation.diagnostics import GateReport, check_gates
 
 with warnings.catch_warnings():
@@ -47,7 +47,6 @@ __all__ = [
     "ReferenceMismatch",
     "ReferenceRefused",
     "build_reference",
-    "collect_versions",
     "data_hash",
     "load_reference",
     "run_nuts",
@@ -561,7 +560,9 @@ def save_reference(
         "draws_sha256": _file_sha256(draws_path),
         "record": RECORD_FILE,
     }
-    record_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    record_path.write_text(
+        json.dumps(strict_json(record), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    )
     return directory
 
 

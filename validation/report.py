@@ -43,6 +43,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy.stats import binom, norm, rankdata
 
+from ppl_bandits.plotting import figure_factory as plt
+
 with warnings.catch_warnings():
     # ArviZ 0.23 announces its 1.0 refactor with a FutureWarning on import (once a day).
     warnings.simplefilter("ignore", FutureWarning)
@@ -917,8 +919,6 @@ def write_audit_report(audit: dict, panels: list[CheckpointPanel], out_dir) -> P
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-
-    from ppl_bandits.plotting import figure_factory as plt
 
     sections: list[str] = []
     if checked:

@@ -18,9 +18,16 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ppl_bandits.types import Agent, Environment
+from ppl_bandits.core.types import Agent, Environment
 
-__all__ = ["Problems", "SimulationResult", "draw_problems", "simulate"]
+__all__ = [
+    "Problems",
+    "SimulationResult",
+    "draw_problems",
+    "name_salt",
+    "round_keys",
+    "simulate",
+]
 
 
 class SimulationResult(NamedTuple):
@@ -76,7 +83,7 @@ def _make_draw(env: Environment):
     return jax.jit(jax.vmap(one))
 
 
-def _round_keys(run_key, t):
+def round_keys(run_key, t):
     k = jax.random.fold_in(run_key, t)
     k_ctx, k_act, k_rew, k_upd = jax.random.split(k, 4)
     return k_ctx, k_act, k_rew, k_upd
@@ -88,10 +95,10 @@ def _make_chunk(env: Environment, agent: Agent, length: int):
 
     def step(carry, t):
         state, run_key, params = carry
-        k_ctx, k_act, k_rew, k_upd = _round_keys(run_key, t)
+        k_ctx, k_act, k_rew, k_upd = round_keys(run_key, t)
         # Agent-specific keys: mix in the agent's name so two agents never share noise.
-        k_act = jax.random.fold_in(k_act, _name_salt(agent.name))
-        k_upd = jax.random.fold_in(k_upd, _name_salt(agent.name))
+        k_act = jax.random.fold_in(k_act, name_salt(agent.name))
+        k_upd = jax.random.fold_in(k_upd, name_salt(agent.name))
         ctx = env.contexts(k_ctx, params, t)
         a = agent.act(k_act, state, ctx)
         means = env.mean_rewards(params, ctx)
@@ -109,13 +116,13 @@ def _make_chunk(env: Environment, agent: Agent, length: int):
 @functools.lru_cache(maxsize=64)
 def _make_setup(agent: Agent):
     def setup(run_key, prior):
-        k_init = jax.random.fold_in(jax.random.fold_in(run_key, 1), _name_salt(agent.name))
+        k_init = jax.random.fold_in(jax.random.fold_in(run_key, 1), name_salt(agent.name))
         return agent.init(k_init, prior), jax.random.fold_in(run_key, 2)
 
     return jax.jit(jax.vmap(setup))
 
 
-def _name_salt(name: str) -> int:
+def name_salt(name: str) -> int:
     return int.from_bytes(name.encode()[:4].ljust(4, b"\0"), "little") & 0x7FFFFFFF
 
 
@@ -153,8 +160,8 @@ def simulate(
 
     Examples
     --------
-    >>> from ppl_bandits.agents import lin_ts
-    >>> from ppl_bandits.environments import mixed_effect_environment
+    >>> from ppl_bandits.mixed_effect.agents import lin_ts
+    >>> from ppl_bandits.mixed_effect.environment import mixed_effect_environment
     >>> res = simulate(jax.random.key(0), mixed_effect_environment(5, 2, 2), lin_ts(),
     ...                num_rounds=20, num_runs=3)
     >>> res.regret.shape, res.contexts.shape

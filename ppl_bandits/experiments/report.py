@@ -4,17 +4,13 @@ metrics.csv and metric_<name>.png when the experiment records extra curves."""
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 
-from ppl_bandits.experiments import (
-    EXPERIMENTS,
-    ExperimentResult,
-    cumulative_regret,
-    list_experiments,
-)
-from ppl_bandits.provenance import collect_versions, write_json
+from ppl_bandits.experiments.catalog import EXPERIMENTS, list_experiments
+from ppl_bandits.experiments.registry import ExperimentResult, cumulative_regret
+from ppl_bandits.plotting import subplots
+from ppl_bandits.results import collect_versions, prepare_out_dir, write_json
 
 __all__ = ["write_simulation_report"]
 
@@ -37,17 +33,19 @@ def _mean_se(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values.mean(axis=0), se
 
 
+#: Rounds per run kept in regret_runs.csv (evenly spaced, the last round included).
+RUN_CURVE_POINTS = 200
+
+
 def write_simulation_report(
     result: ExperimentResult, out_dir, *, command: str, total_seconds: float
 ) -> dict:
     """Write DIR/regret.csv (agent, round, mean, se of the cumulative regret), DIR/regret.png
     and DIR/summary.json (and DIR/metrics.csv with a PNG per extra metric); return the
     summary."""
-    from ppl_bandits.plotting import subplots
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    agents = {}
+    out = prepare_out_dir(out_dir)
+    agents, runs = {}, {}
     fig, ax = subplots(figsize=(6.4, 4.2))
     with open(out / "regret.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -59,18 +57,34 @@ def write_simulation_report(
             rounds = np.arange(1, mean.shape[0] + 1)
             ax.plot(rounds, mean, label=name)
             ax.fill_between(rounds, mean - 2 * se, mean + 2 * se, alpha=0.2)
+            per_run = np.cumsum(np.asarray(res.regret, np.float64), axis=1)
+            runs[name] = per_run
             agents[name] = {
                 "final_regret_mean": float(mean[-1]),
-                "final_regret_se": float(se[-1]),
+                "final_regret_se": float(se[-1]) if per_run.shape[0] > 1 else None,
+                "final_regret_per_run": per_run[:, -1].tolist(),
                 "wall_seconds": result.wall_seconds[name],
             }
+            if per_run.shape[0] < 2:
+                agents[name]["final_regret_se_note"] = "one run: no standard error"
     ax.set_xlabel("round")
     ax.set_ylabel("cumulative expected regret")
     ax.set_title(_title(result), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "regret.png", dpi=120)
-    files = ["regret.csv", "regret.png", "summary.json"]
+    files = ["regret.csv", "regret_runs.csv", "regret.png", "summary.json"]
+    # Per-run curves (common random numbers make paired comparisons possible from the file):
+    # every run's cumulative regret at up to RUN_CURVE_POINTS rounds, the last one included.
+    with open(out / "regret_runs.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["agent", "run", "round", "cumulative_regret"])
+        for name, per_run in runs.items():
+            n = per_run.shape[1]
+            idx = np.unique(np.linspace(0, n - 1, min(n, RUN_CURVE_POINTS)).round().astype(int))
+            for r in range(per_run.shape[0]):
+                for t in idx:
+                    w.writerow([name, r, int(t) + 1, f"{per_run[r, t]:.6g}"])
     if result.metrics:
         with open(out / "metrics.csv", "w", newline="") as fh:
             w = csv.writer(fh)

@@ -20,7 +20,7 @@ Agents (all ``(init, act, update)`` with NamedTuple states, jit- and vmap-compat
 :func:`lin_ts` (conjugate Gaussian posterior, exploration scale v), :func:`lin_ucb`
 (OFUL, Abbasi-Yadkori, Pál, Szepesvári 2011), :func:`drts` (Kim, Kim, Paik 2021),
 :func:`hy_ran` (Kim, Paik, Oh 2023), :func:`sup_lin_ucb` (Chu, Li, Reyzin, Schapire 2011),
-:func:`uniform_random`, and HCSA+TS from :mod:`ppl_bandits.hcsa`.
+:func:`uniform_random`, and HCSA+TS from :mod:`ppl_bandits.linear_contextual.hcsa`.
 
 Experiments (``ppl-bandits simulate hcsa``, ``hcsa-drift``, ``hcsa-low-rank``; see
 :func:`register_experiments`): the six agents of :func:`hcsa_experiment_agents`, the
@@ -31,7 +31,6 @@ cumulative regret and the maximum prediction error :math:`\max_k |x_k^\top(\hat\
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -41,234 +40,47 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import log_ndtr
 
-from models.linear_bandit import (
-    LinearBanditPrior,
-    isotropic_linear_bandit_prior,
-    sample_linear_bandit_parameters,
-)
-from ppl_bandits.hcsa import (
-    HCSAState,
-    _check_action,
-    _check_positive,
-    _check_reward,
-    _prior_dim_dtype,
+from models.linear_bandit import LinearBanditPrior
+from ppl_bandits.core.claims import GaussianClaim
+from ppl_bandits.core.linalg import chol_inverse, spd_solve, sym
+from ppl_bandits.core.types import Agent
+from ppl_bandits.linear_contextual.environment import check_int
+from ppl_bandits.linear_contextual.hcsa import (
+    check_action,
     check_contexts,
+    check_positive,
     check_probability,
-    hcsa_estimate,
-    hcsa_ts,
+    check_reward,
     max_trials,
+    prior_dim_dtype,
     serial_after,
 )
-from ppl_bandits.types import Agent, Environment
 
 __all__ = [
-    "ENVIRONMENT_KINDS",
-    "HCSA_DEFAULTS",
-    "PREDICTION_ERROR_SALT",
-    "THETA_PRIORS",
     "DRTSState",
     "HyRanState",
     "LinTSState",
     "LinUCBState",
-    "LinearContextualParams",
     "SupLinUCBState",
     "UniformState",
-    "checkpoint_rounds",
     "drts",
+    "drts_claim",
+    "drts_regularizer",
     "drts_selection_probs",
-    "hcsa_environment",
-    "hcsa_experiment_agents",
+    "estimate_claim",
     "hy_ran",
+    "hy_ran_claim",
+    "hy_ran_regularizer",
     "lin_ts",
+    "lin_ts_claim",
     "lin_ts_posterior",
     "lin_ucb",
+    "lin_ucb_claim",
     "oful_radius",
-    "point_estimate",
-    "prediction_error",
-    "prediction_error_curve",
-    "register_experiments",
     "sup_lin_ucb",
+    "sup_lin_ucb_claim",
     "uniform_random",
 ]
-
-ENVIRONMENT_KINDS = ("iid", "drift", "low_rank")
-THETA_PRIORS = ("gaussian", "uniform")
-
-
-# --------------------------------------------------------------------------------------
-# Environments
-# --------------------------------------------------------------------------------------
-
-
-class LinearContextualParams(NamedTuple):
-    """True parameters of one problem."""
-
-    theta: jax.Array
-    """(d,) θ*, shared by all arms."""
-    basis: jax.Array
-    """(d, k) orthonormal basis of the context subspace (k = rank for ``"low_rank"``, else
-    the identity with k = d)."""
-    drift_direction: jax.Array
-    """(d,) signs ±1 of the drifting mean (``"drift"``)."""
-    noise_sd: jax.Array
-    """() reward noise σ."""
-
-
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < low:
-        raise ValueError(f"{name} is {value!r}; expected an integer >= {low}")
-    return int(value)
-
-
-def hcsa_environment(
-    d: int = 20,
-    N: int = 20,
-    *,
-    kind: str = "iid",
-    mask_prob: float = 0.5,
-    mask_dims: int | None = None,
-    context_mean: float = 0.0,
-    scale_range: tuple[float, float] = (0.0, 1.0),
-    theta_prior: str = "gaussian",
-    theta_var: float | None = None,
-    noise_sd: float = 1.0,
-    rank: int | None = None,
-    drift_amplitude: float = 1.0,
-    drift_period: float = 1000.0,
-    name: str | None = None,
-) -> Environment:
-    r"""The linear contextual bandit of the HCSA+TS experiments (Sec. 6) and two non-iid variants.
-
-    Parameters
-    ----------
-    d : int >= 1
-        Context dimension (the papers use 20 and 30).
-    N : int >= 2
-        Number of arms (the papers use 10 and 20).
-    kind : {"iid", "drift", "low_rank"}
-        Context sequence (module docstring).
-    mask_prob : float in [0, 1]
-        Probability that the last ``mask_dims`` entries of every context are zeroed in a round.
-    mask_dims : int in [0, d), optional
-        Number of masked trailing entries; default ``d // 2`` (the paper's number was lost).
-    context_mean : float
-        μ of the N(μ, 1) entries.
-    scale_range : (a, b) with 0 <= a < b
-        Each normalized context is scaled by U(a, b).
-    theta_prior : {"gaussian", "uniform"}
-        θ* ~ N(0, theta_var I) drawn from the NumPyro model, or U(−1/√d, 1/√d)^d (DRTS,
-        HyRan). The agents are told :class:`models.linear_bandit.LinearBanditPrior` with
-        mean 0 and covariance theta_var I (gaussian) or 1/(3d) I (uniform: its moments).
-    theta_var : float, optional
-        Default 1/d, so that E‖θ*‖² = 1.
-    noise_sd : float > 0
-        Reward noise σ (1 in the DRTS code).
-    rank : int in [1, d], optional
-        Subspace dimension for ``"low_rank"``; default ``max(1, d // 4)``.
-    drift_amplitude, drift_period : float
-        A and P of the drifting mean (``"drift"``).
-    name : str, optional
-
-    Returns
-    -------
-    Environment
-        ``contexts(key, params, t=None)``; ``t`` (the round index) is required by ``"drift"``.
-
-    Examples
-    --------
-    >>> env = hcsa_environment(d=4, N=3, mask_prob=1.0, mask_dims=2)
-    >>> prior, params = env.draw(jax.random.key(0))
-    >>> x = env.contexts(jax.random.key(1), params)
-    >>> x.shape, bool(jnp.all(x[:, 2:] == 0))
-    ((3, 4), True)
-    >>> env.mean_rewards(params, x).shape, env.reward(jax.random.key(2), params, x, 0).shape
-    ((3,), ())
-    >>> hcsa_environment(N=1)
-    Traceback (most recent call last):
-    ...
-    ValueError: N is 1; expected an integer >= 2
-    """
-    d = _check_int("d", d, 1)
-    N = _check_int("N", N, 2)
-    if kind not in ENVIRONMENT_KINDS:
-        raise ValueError(f"kind is {kind!r}; expected one of {ENVIRONMENT_KINDS}")
-    if theta_prior not in THETA_PRIORS:
-        raise ValueError(f"theta_prior is {theta_prior!r}; expected one of {THETA_PRIORS}")
-    mask_prob = check_probability("mask_prob", mask_prob, low_open=False, high_open=False)
-    mask_dims = d // 2 if mask_dims is None else mask_dims
-    if isinstance(mask_dims, bool) or int(mask_dims) != mask_dims or not 0 <= mask_dims < d:
-        raise ValueError(f"mask_dims is {mask_dims!r}; expected an integer in [0, {d})")
-    a, b = (float(s) for s in scale_range)
-    if not (np.isfinite(a) and np.isfinite(b) and 0 <= a < b):
-        raise ValueError(f"scale_range is {scale_range!r}; expected (a, b) with 0 <= a < b")
-    if not np.isfinite(context_mean):
-        raise ValueError(f"context_mean is {context_mean!r}; expected a finite number")
-    noise_sd = _check_positive("noise_sd", noise_sd)
-    if theta_var is None:
-        theta_var = 1.0 / d if theta_prior == "gaussian" else 1.0 / (3.0 * d)
-    theta_var = _check_positive("theta_var", theta_var)
-    rank = max(1, d // 4) if rank is None else rank
-    if isinstance(rank, bool) or int(rank) != rank or not 1 <= rank <= d:
-        raise ValueError(f"rank is {rank!r}; expected an integer in [1, {d}]")
-    drift_amplitude = _check_positive("drift_amplitude", drift_amplitude, allow_zero=True)
-    drift_period = _check_positive("drift_period", drift_period)
-    k = rank if kind == "low_rank" else d
-    keep = (jnp.arange(d) < d - mask_dims).astype(float)
-
-    def draw(key):
-        k_theta, k_basis, k_sign = jax.random.split(key, 3)
-        prior = isotropic_linear_bandit_prior(d, theta_var=theta_var, noise_sd=noise_sd)
-        if theta_prior == "gaussian":
-            theta = sample_linear_bandit_parameters(k_theta, prior)
-        else:
-            half = 1.0 / math.sqrt(d)
-            theta = jax.random.uniform(k_theta, (d,), minval=-half, maxval=half)
-        if kind == "low_rank":  # QR after the model's Cholesky (see hcsa.serial_after)
-            basis, _ = jnp.linalg.qr(serial_after(jax.random.normal(k_basis, (d, k)), theta))
-        else:
-            basis = jnp.eye(d)
-        signs = jnp.where(jax.random.bernoulli(k_sign, 0.5, (d,)), 1.0, -1.0)
-        # the agents' init may factor the prior covariance: order it after this draw
-        prior = prior._replace(sigma=serial_after(prior.sigma, theta, basis))
-        return prior, LinearContextualParams(theta, basis, signs, jnp.asarray(noise_sd))
-
-    def contexts(key, params: LinearContextualParams, t=None):
-        if kind == "drift" and t is None:
-            raise ValueError(
-                "t is None; the drifting environment needs the round index: "
-                "contexts(key, params, t)"
-            )
-        k_raw, k_scale, k_mask = jax.random.split(key, 3)
-        dtype = params.theta.dtype
-        if kind == "low_rank":
-            raw = (context_mean + jax.random.normal(k_raw, (N, k), dtype)) @ params.basis.T
-        else:
-            mean = jnp.full((d,), context_mean, dtype)
-            if kind == "drift":
-                phase = jnp.sin(2.0 * jnp.pi * jnp.asarray(t, dtype) / drift_period)
-                mean = mean + drift_amplitude * phase * params.drift_direction
-            raw = mean + jax.random.normal(k_raw, (N, d), dtype)
-        norm = jnp.linalg.norm(raw, axis=1, keepdims=True)
-        unit = raw / jnp.where(norm > 0, norm, 1.0)
-        x = unit * jax.random.uniform(k_scale, (N, 1), dtype, minval=a, maxval=b)
-        masked = jax.random.bernoulli(k_mask, mask_prob)
-        return jnp.where(masked, x * keep.astype(dtype), x)
-
-    def mean_rewards(params: LinearContextualParams, contexts):
-        return contexts @ params.theta
-
-    def reward(key, params: LinearContextualParams, contexts, action):
-        return contexts[action] @ params.theta + params.noise_sd * jax.random.normal(
-            key, (), params.theta.dtype
-        )
-
-    label = name or f"hcsa-{kind}-d{d}-N{N}"
-    return Environment(label, draw, contexts, mean_rewards, reward)
-
-
-# --------------------------------------------------------------------------------------
-# Shared helpers
-# --------------------------------------------------------------------------------------
 
 
 def _prepare(state_dim: int, dtype, contexts):
@@ -278,8 +90,8 @@ def _prepare(state_dim: int, dtype, contexts):
 
 def _prepare_update(state_dim: int, dtype, contexts, action, reward):
     check_contexts(contexts, state_dim)
-    _check_action(action, np.shape(contexts)[0])
-    _check_reward(reward)
+    check_action(action, np.shape(contexts)[0])
+    check_reward(reward)
     return jnp.asarray(contexts, dtype), jnp.asarray(reward, dtype)
 
 
@@ -288,7 +100,7 @@ def _chol_solve_and_widths(gram, moment, contexts):
 
     One Cholesky factor, one forward solve of the stacked right-hand sides [Xᵀ | m] and one
     backward solve that needs its result: never two LAPACK calls at once (see
-    :func:`ppl_bandits.hcsa.serial_after`).
+    :func:`ppl_bandits.linear_contextual.hcsa.serial_after`).
     """
     L = jnp.linalg.cholesky(gram)
     rhs = jnp.concatenate([contexts.T, moment[:, None]], axis=1)
@@ -297,11 +109,6 @@ def _chol_solve_and_widths(gram, moment, contexts):
     widths2 = jnp.sum(half[:, :-1] ** 2, axis=0)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
     return theta, widths2, logdet
-
-
-# --------------------------------------------------------------------------------------
-# Uniform random play
-# --------------------------------------------------------------------------------------
 
 
 class UniformState(NamedTuple):
@@ -324,7 +131,7 @@ def uniform_random(*, name: str = "Uniform") -> Agent:
     """
 
     def init(key, prior):
-        d, dtype = _prior_dim_dtype(prior)
+        d, dtype = prior_dim_dtype(prior)
         return UniformState(jnp.int32(0), jnp.zeros((d,), dtype))
 
     def act(key, state, contexts):
@@ -336,11 +143,6 @@ def uniform_random(*, name: str = "Uniform") -> Agent:
         return state._replace(round=state.round + 1)
 
     return Agent(name, init, act, update)
-
-
-# --------------------------------------------------------------------------------------
-# LinTS
-# --------------------------------------------------------------------------------------
 
 
 class LinTSState(NamedTuple):
@@ -408,14 +210,14 @@ def lin_ts(
     >>> lin_ts_posterior(s)[0].round(4)
     Array([0.3333, 0.    ], dtype=float32)
     """
-    v = _check_positive("v", v)
+    v = check_positive("v", v)
     if lam is not None:
-        lam = _check_positive("lam", lam)
+        lam = check_positive("lam", lam)
     if noise_sd is not None:
-        noise_sd = _check_positive("noise_sd", noise_sd)
+        noise_sd = check_positive("noise_sd", noise_sd)
 
     def init(key, prior: LinearBanditPrior) -> LinTSState:
-        d, dtype = _prior_dim_dtype(prior)
+        d, dtype = prior_dim_dtype(prior)
         sd = jnp.asarray(prior.noise_sd if noise_sd is None else noise_sd, dtype)
         if lam is None:
             L = jnp.linalg.cholesky(jnp.asarray(prior.sigma, dtype))
@@ -447,12 +249,7 @@ def lin_ts(
             state.noise_var,
         )
 
-    return Agent(name, init, act, update)
-
-
-# --------------------------------------------------------------------------------------
-# LinUCB (OFUL)
-# --------------------------------------------------------------------------------------
+    return Agent(name, init, act, update, lin_ts_claim)
 
 
 class LinUCBState(NamedTuple):
@@ -519,15 +316,15 @@ def lin_ucb(
     >>> int(ag.act(jax.random.key(1), s, jnp.array([[0.1, 0.0], [1.0, 0.0]])))
     1
     """
-    alpha = _check_positive("alpha", alpha)
-    lam = _check_positive("lam", lam)
+    alpha = check_positive("alpha", alpha)
+    lam = check_positive("lam", lam)
     delta = check_probability("delta", delta)
-    theta_norm_bound = _check_positive("theta_norm_bound", theta_norm_bound, allow_zero=True)
+    theta_norm_bound = check_positive("theta_norm_bound", theta_norm_bound, allow_zero=True)
     if noise_sd is not None:
-        noise_sd = _check_positive("noise_sd", noise_sd)
+        noise_sd = check_positive("noise_sd", noise_sd)
 
     def init(key, prior) -> LinUCBState:
-        d, dtype = _prior_dim_dtype(prior)
+        d, dtype = prior_dim_dtype(prior)
         sd = prior.noise_sd if noise_sd is None else noise_sd
         return LinUCBState(
             lam * jnp.eye(d, dtype=dtype), jnp.zeros((d,), dtype), jnp.asarray(sd, dtype)
@@ -546,12 +343,7 @@ def lin_ucb(
         x = contexts[action]
         return state._replace(gram=state.gram + jnp.outer(x, x), moment=state.moment + reward * x)
 
-    return Agent(name, init, act, update)
-
-
-# --------------------------------------------------------------------------------------
-# DRTS
-# --------------------------------------------------------------------------------------
+    return Agent(name, init, act, update, lin_ucb_claim)
 
 
 class DRTSState(NamedTuple):
@@ -582,7 +374,7 @@ def _gauss_hermite(n: int):
     return _GH_CACHE[n]
 
 
-def _drts_reg(state: DRTSState):
+def drts_regularizer(state: DRTSState):
     """λ√(t − 1) for the coming round t = ``state.round`` + 1 (λ√1 in round 1)."""
     return state.lam * jnp.sqrt(jnp.maximum(state.round, 1).astype(state.lam.dtype))
 
@@ -679,13 +471,13 @@ def drts(
     Array([[1., 0.],
            [0., 1.]], dtype=float32)
     """
-    v = _check_positive("v", v)
-    lam = _check_positive("lam", lam)
-    ref_lam = _check_positive("ref_lam", ref_lam)
+    v = check_positive("v", v)
+    lam = check_positive("lam", lam)
+    ref_lam = check_positive("ref_lam", ref_lam)
     delta = check_probability("delta", delta)
     if gamma is not None:
         gamma = check_probability("gamma", gamma)
-    nq = _check_int("num_quadrature", num_quadrature, 2)
+    nq = check_int("num_quadrature", num_quadrature, 2)
 
     def _gamma(N: int) -> float:
         if gamma is None:
@@ -699,7 +491,7 @@ def drts(
     def _scores(state: DRTSState, contexts, after=()):
         d = state.moment.shape[0]
         V = serial_after(
-            state.gram_all + _drts_reg(state) * jnp.eye(d, dtype=contexts.dtype), *after
+            state.gram_all + drts_regularizer(state) * jnp.eye(d, dtype=contexts.dtype), *after
         )
         beta, widths2, _ = _chol_solve_and_widths(V, state.moment, contexts)
         means = contexts @ beta
@@ -707,7 +499,7 @@ def drts(
         return means, sds
 
     def init(key, prior) -> DRTSState:
-        d, dtype = _prior_dim_dtype(prior)
+        d, dtype = prior_dim_dtype(prior)
         z = jnp.zeros((d, d), dtype)
         zv = jnp.zeros((d,), dtype)
         return DRTSState(z, zv, z, zv, jnp.int32(0), jnp.asarray(lam, dtype))
@@ -767,12 +559,7 @@ def drts(
             state.lam,
         )
 
-    return Agent(name, init, act, update)
-
-
-# --------------------------------------------------------------------------------------
-# HyRan
-# --------------------------------------------------------------------------------------
+    return Agent(name, init, act, update, drts_claim)
 
 
 class HyRanState(NamedTuple):
@@ -792,7 +579,7 @@ class HyRanState(NamedTuple):
     """() c₁ (2d by default, 0 when a fixed ``lam`` is given)."""
 
 
-def _hy_ran_reg(state: HyRanState):
+def hy_ran_regularizer(state: HyRanState):
     """λ_t = c₀ + c₁ log(t + 1) for the coming round t = ``state.round`` + 1."""
     t = (state.round + 1).astype(state.reg_log.dtype)
     return state.reg_const + state.reg_log * jnp.log(t + 1.0)
@@ -840,9 +627,9 @@ def hy_ran(
     """
     p = check_probability("p", p)
     if lam is not None:
-        lam = _check_positive("lam", lam)
+        lam = check_positive("lam", lam)
     if impute_lam is not None:
-        impute_lam = _check_positive("impute_lam", impute_lam)
+        impute_lam = check_positive("impute_lam", impute_lam)
 
     def _estimate(state: HyRanState, reg, after=()):
         d = state.moment.shape[0]
@@ -850,7 +637,7 @@ def hy_ran(
         return jnp.linalg.solve(A, state.moment)
 
     def init(key, prior) -> HyRanState:
-        d, dtype = _prior_dim_dtype(prior)
+        d, dtype = prior_dim_dtype(prior)
         c0, c1 = (0.0, 2.0 * d) if lam is None else (lam, 0.0)
         return HyRanState(
             jnp.zeros((d, d), dtype),
@@ -864,7 +651,7 @@ def hy_ran(
     def act(key, state: HyRanState, contexts):
         d = state.moment.shape[0]
         contexts = _prepare(d, state.moment.dtype, contexts)
-        return jnp.argmax(contexts @ _estimate(state, _hy_ran_reg(state))).astype(jnp.int32)
+        return jnp.argmax(contexts @ _estimate(state, hy_ran_regularizer(state))).astype(jnp.int32)
 
     def update(key, state: HyRanState, contexts, action, reward) -> HyRanState:
         d = state.moment.shape[0]
@@ -887,12 +674,7 @@ def hy_ran(
             state.reg_log,
         )
 
-    return Agent(name, init, act, update)
-
-
-# --------------------------------------------------------------------------------------
-# SupLinUCB
-# --------------------------------------------------------------------------------------
+    return Agent(name, init, act, update, hy_ran_claim)
 
 
 class SupLinUCBState(NamedTuple):
@@ -945,10 +727,10 @@ def sup_lin_ucb(
     >>> s.grams.shape
     (5, 2, 2)
     """
-    T = _check_int("horizon", horizon, 1)
+    T = check_int("horizon", horizon, 1)
     delta = check_probability("delta", delta)
     if alpha is not None:
-        alpha = _check_positive("alpha", alpha)
+        alpha = check_positive("alpha", alpha)
     S = max(1, math.ceil(math.log(T)))
 
     def _select(state: SupLinUCBState, contexts):
@@ -987,7 +769,7 @@ def sup_lin_ucb(
         return jnp.where(done, action, fallback), stage
 
     def init(key, prior) -> SupLinUCBState:
-        d, dtype = _prior_dim_dtype(prior)
+        d, dtype = prior_dim_dtype(prior)
         grams = jnp.broadcast_to(jnp.eye(d, dtype=dtype), (S, d, d))
         return SupLinUCBState(grams, jnp.zeros((S, d), dtype), jnp.int32(0), grams)
 
@@ -1010,310 +792,50 @@ def sup_lin_ucb(
             state.inv_grams - onehot[:, None, None] * shrink,
         )
 
-    return Agent(name, init, act, update)
+    return Agent(name, init, act, update, sup_lin_ucb_claim)
 
 
-# --------------------------------------------------------------------------------------
-# Point estimates and the prediction error (Kim 2025, Sec. 6, Fig. 3)
-# --------------------------------------------------------------------------------------
+def estimate_claim(matrix, moment) -> GaussianClaim:
+    """The Gaussian claim N(A⁻¹b, A⁻¹) of an estimate θ̂ = A⁻¹b with SPD ``matrix`` A.
 
-
-def point_estimate(state):
-    r"""The point estimate θ̂ an agent's state holds for the coming round (d,), vmap-compatible.
-
-    One function for every agent of the HCSA comparison, chosen by the state's type:
-
-    - :class:`~ppl_bandits.hcsa.HCSAState`: :func:`ppl_bandits.hcsa.hcsa_estimate`,
-      :math:`V_t^{+}W_t` (eq. 15), the centre of the Thompson sample;
-    - :class:`LinTSState`: the posterior mean :math:`G^{-1}B` (the ridge estimate in ridge
-      mode);
-    - :class:`LinUCBState`: :math:`V_t^{-1}\sum_s x_s y_s`, :math:`V_t = \lambda I + \sum_s
-      x_s x_s^\top`;
-    - :class:`DRTSState`: :math:`(F_t + \lambda\sqrt{t}\,I)^{-1}\sum_s\sum_i x_{s,i}
-      Y^{DR}_{s,i}`, the β̂ of the next round's sampling;
-    - :class:`HyRanState`: (hybrid Gram + :math:`\lambda_{t+1}` I)⁻¹ (hybrid moment), the β̂
-      of the next round's greedy choice;
-    - :class:`SupLinUCBState`: pooled ridge over the stages,
-      :math:`(I + \sum_s (A_s - I))^{-1}\sum_s b_s` (our choice: SupLinUCB keeps one
-      estimate per stage and plays none of them alone).
-
-    Raises
-    ------
-    ValueError
-        For a state without a point estimate (e.g. uniform play), naming its type.
-
-    Examples
-    --------
-    >>> s = LinTSState(4.0 * jnp.eye(2), jnp.array([4.0, 0.0]), jnp.float32(1.0))
-    >>> point_estimate(s)
-    Array([1., 0.], dtype=float32)
+    Site ``("theta", (d,))``. For the Bayesian LinTS (v = 1) it is the exact conjugate
+    posterior; for the other agents of this family it is the Gaussian of their regularised
+    estimator (its mean is the point estimate they act on; the covariance is the inverse of
+    the regularised Gram, which their confidence widths or sampling scales multiply).
     """
-    if isinstance(state, HCSAState):
-        return hcsa_estimate(state.gram, state.moment)
-    if isinstance(state, LinTSState):
-        return _spd_solve(state.precision, state.moment)
-    if isinstance(state, LinUCBState):
-        return _spd_solve(state.gram, state.moment)
-    if isinstance(state, DRTSState):
-        d = state.moment.shape[-1]
-        reg = _drts_reg(state)[..., None, None] * jnp.eye(d, dtype=state.moment.dtype)
-        return _spd_solve(state.gram_all + reg, state.moment)
-    if isinstance(state, HyRanState):
-        d = state.moment.shape[-1]
-        reg = _hy_ran_reg(state)[..., None, None] * jnp.eye(d, dtype=state.moment.dtype)
-        return _spd_solve(state.gram + reg, state.moment)
-    if isinstance(state, SupLinUCBState):
-        S, d = state.moments.shape[-2:]
-        eye = jnp.eye(d, dtype=state.moments.dtype)
-        pooled = jnp.sum(state.grams, axis=-3) - (S - 1) * eye
-        return _spd_solve(pooled, jnp.sum(state.moments, axis=-2))
-    raise ValueError(
-        f"state is a {type(state).__name__}; expected the state of HCSA+TS, LinTS, LinUCB, "
-        "DRTS, HyRan or SupLinUCB (the agents with a point estimate)"
-    )
+    d = moment.shape[-1]
+    cov = sym(chol_inverse(matrix))
+    return GaussianClaim(spd_solve(matrix, moment), cov, (("theta", (d,)),))
 
 
-def _spd_solve(A, b):
-    """A⁻¹b for a symmetric positive definite A: one Cholesky and two dependent solves."""
-    L = jnp.linalg.cholesky(A)
-    half = solve_triangular(L, b[..., None], lower=True)
-    return solve_triangular(jnp.swapaxes(L, -1, -2), half, lower=False)[..., 0]
+def lin_ts_claim(state: LinTSState) -> GaussianClaim:
+    """LinTS's posterior N(G⁻¹B, G⁻¹) (the ridge estimate and its inverse Gram in ridge mode)."""
+    return estimate_claim(state.precision, state.moment)
 
 
-#: Salt of the keys of the contexts on which the prediction error is measured
-#: (``fold_in(run_key, PREDICTION_ERROR_SALT)``); the runner uses salts 0, 1 and 2.
-PREDICTION_ERROR_SALT = 0x5EED
+def lin_ucb_claim(state: LinUCBState) -> GaussianClaim:
+    """N(V⁻¹Σ x y, V⁻¹) with V = λI + Σ x xᵀ: OFUL's ridge estimate and its ellipsoid's shape."""
+    return estimate_claim(state.gram, state.moment)
 
 
-def prediction_error(theta_hat, theta, contexts):
-    r"""Maximum prediction error over the arms, :math:`\max_k |x_k^\top(\hat\theta - \theta^*)|`.
-
-    Parameters
-    ----------
-    theta_hat, theta : arrays (..., d)
-    contexts : array (..., N, d)
-
-    >>> prediction_error(jnp.array([1.0, 0.0]), jnp.zeros(2), jnp.array([[0.5, 1.0], [-2.0, 0.0]]))
-    Array(2., dtype=float32)
-    """
-    return jnp.max(jnp.abs(contexts @ (theta_hat - theta)[..., :, None])[..., 0], axis=-1)
+def drts_claim(state: DRTSState) -> GaussianClaim:
+    """N(β̂, (F_t + λ√t I)⁻¹): the β̂ of DRTS's next round and its regularised Gram."""
+    d = state.moment.shape[-1]
+    reg = drts_regularizer(state)[..., None, None] * jnp.eye(d, dtype=state.moment.dtype)
+    return estimate_claim(state.gram_all + reg, state.moment)
 
 
-def prediction_error_curve(env: Environment, problems, states: dict, *, draws: int = 1):
-    r"""Prediction error of the states kept at checkpoints: (rounds, values of shape (R, C)).
-
-    For the state after t rounds (the estimate θ̂_t the agent brings to round t + 1),
-
-    .. math:: e_t = \frac1D\sum_{j=1}^{D}\max_k |x^{(j)}_{k}{}^\top(\hat\theta_t - \theta^*)|,
-
-    with :math:`x^{(j)}` ~ the environment's contexts of round index t (0-based, so the
-    drifting environment is at the right phase), drawn with the keys
-    ``fold_in(fold_in(fold_in(run_key, PREDICTION_ERROR_SALT), t), j)``: the same contexts for
-    every agent (common random numbers), independent of the simulation's own draws. D = 1
-    is the paper's metric (Fig. 3) with a fresh context set; D > 1 averages out the context
-    draw, with the same expectation.
-
-    Parameters
-    ----------
-    env : Environment
-    problems : ppl_bandits.runner.Problems
-    states : dict {t: state with leading axis R}
-    draws : int >= 1
-        D, context sets per checkpoint.
-    """
-    draws = _check_int("draws", draws, 1)
-    rounds = np.array(sorted(states), dtype=np.int64)
-    if rounds.size == 0:
-        raise ValueError("states is empty; expected {round: state} for at least one round")
-    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *(states[t] for t in rounds))
-    values = _prediction_error_fn(env, draws)(
-        stacked, jnp.asarray(rounds, jnp.int32), problems.params, problems.run_keys
-    )
-    return rounds, np.asarray(values).T
+def hy_ran_claim(state: HyRanState) -> GaussianClaim:
+    """N(β̂, (hybrid Gram + λ_{t+1} I)⁻¹): HyRan's next greedy estimate."""
+    d = state.moment.shape[-1]
+    reg = hy_ran_regularizer(state)[..., None, None] * jnp.eye(d, dtype=state.moment.dtype)
+    return estimate_claim(state.gram + reg, state.moment)
 
 
-@functools.lru_cache(maxsize=16)  # bounded, like the runner's compiled pieces
-def _prediction_error_fn(env: Environment, draws: int):
-    def one(state, t, params, run_key):  # one checkpoint, one run
-        theta_hat = point_estimate(state)
-        base = jax.random.fold_in(jax.random.fold_in(run_key, PREDICTION_ERROR_SALT), t)
-
-        def err(j):
-            x = env.contexts(jax.random.fold_in(base, j), params, t)
-            return prediction_error(theta_hat, params.theta.astype(x.dtype), x)
-
-        return jnp.mean(jax.vmap(err)(jnp.arange(draws)))
-
-    per_run = jax.vmap(one, in_axes=(0, None, 0, 0))
-    return jax.jit(jax.vmap(per_run, in_axes=(0, 0, None, None)))
-
-
-# --------------------------------------------------------------------------------------
-# The experiment line-up
-# --------------------------------------------------------------------------------------
-
-
-def hcsa_experiment_agents(
-    *,
-    horizon: int = 10_000,
-    v: float = 0.1,
-    alpha: float = 0.1,
-    gamma: float = 0.5,
-    delta: float = 0.1,
-    lam: float = 1.0,
-    aug_scale: float = 1.0,
-    hyran_p: float = 0.5,
-    names=None,
-) -> list[Agent]:
-    """HCSA+TS and the baselines of Sec. 6 with one setting each.
-
-    The paper tuned v (TS methods) and the confidence inflation α (LinUCB) on the grid
-    {0.001, 0.01, 0.1, 1}; the defaults are single grid points, so rerun over the grid for a
-    tuned comparison. SupLinUCB uses its theoretical α and needs the ``horizon``.
-
-    Parameters
-    ----------
-    names : sequence of str, optional
-        Agents to return, matched case-insensitively (default: all six, in order).
-
-    Returns
-    -------
-    list of Agent
-        HCSA+TS, LinTS (ridge, λ = ``lam``), LinUCB, DRTS, HyRan, SupLinUCB.
-
-    >>> [a.name for a in hcsa_experiment_agents(horizon=100)]
-    ['HCSA+TS', 'LinTS', 'LinUCB', 'DRTS', 'HyRan', 'SupLinUCB']
-    >>> [a.name for a in hcsa_experiment_agents(horizon=100, names=["linucb", "HCSA+TS"])]
-    ['LinUCB', 'HCSA+TS']
-    """
-    factories = {
-        "HCSA+TS": lambda: hcsa_ts(v=v, gamma=gamma, delta=delta, lam=lam, aug_scale=aug_scale),
-        "LinTS": lambda: lin_ts(v=v, lam=lam),
-        "LinUCB": lambda: lin_ucb(alpha=alpha, lam=lam),
-        "DRTS": lambda: drts(v=v, lam=lam, delta=delta),
-        "HyRan": lambda: hy_ran(p=hyran_p),
-        "SupLinUCB": lambda: sup_lin_ucb(horizon=horizon),
-    }
-    if names is None:
-        return [make() for make in factories.values()]
-    lower = {k.lower(): k for k in factories}
-    out = []
-    for n in names:
-        if str(n).lower() not in lower:
-            raise ValueError(f"agent is {n!r}; expected one of {', '.join(factories)}")
-        out.append(factories[lower[str(n).lower()]]())
-    return out
-
-
-#: Defaults of the ``hcsa`` experiment (Kim 2025, Sec. 6; the numbers the extraction lost
-#: follow the DRTS and HyRan papers: d = N = 20, T = 20000, θ* ~ U(−1/√d, 1/√d)^d, 20 trials).
-HCSA_DEFAULTS = {
-    "num_rounds": 20_000,
-    "num_runs": 20,
-    "dim": 20,
-    "num_arms": 20,
-    "kind": "iid",
-    "mask_prob": 0.5,
-    "mask_dims": None,  # d // 2
-    "context_mean": 0.0,
-    "scale_low": 0.0,
-    "scale_high": 1.0,
-    "theta_prior": "uniform",
-    "noise_sd": 1.0,
-    "rank": None,  # max(1, d // 4), low_rank only
-    "drift_amplitude": 1.0,
-    "drift_period": 1000.0,
-    "v": 0.1,
-    "alpha": 0.1,
-    "gamma": 0.5,
-    "delta": 0.1,
-    "lam": 1.0,
-    "aug_scale": 1.0,
-    "hyran_p": 0.5,
-    "num_checkpoints": 40,
-    "error_draws": 10,
-}
-
-
-def checkpoint_rounds(num_rounds: int, num_checkpoints: int) -> tuple[int, ...]:
-    """Multiples of the smallest divisor s of T with T/s <= ``num_checkpoints``: s, 2s, ..., T.
-
-    A divisor keeps every simulation chunk the same length (one compilation).
-
-    >>> checkpoint_rounds(20_000, 40)[:3], len(checkpoint_rounds(20_000, 40))
-    ((500, 1000, 1500), 40)
-    >>> checkpoint_rounds(1001, 40)
-    (77, 154, 231, 308, 385, 462, 539, 616, 693, 770, 847, 924, 1001)
-    """
-    T = _check_int("num_rounds", num_rounds, 1)
-    n = _check_int("num_checkpoints", num_checkpoints, 1)
-    step = next(s for s in range(1, T + 1) if T % s == 0 and T // s <= n)
-    return tuple(range(step, T + 1, step))
-
-
-def _hcsa_builder(settings: dict, agents):
-    T, d = settings["num_rounds"], _check_int("dim", settings["dim"], 1)
-    settings["kind"] = str(settings["kind"]).replace("-", "_")  # low-rank or low_rank
-    env = hcsa_environment(
-        d,
-        settings["num_arms"],
-        kind=settings["kind"],
-        mask_prob=settings["mask_prob"],
-        mask_dims=settings["mask_dims"],
-        context_mean=settings["context_mean"],
-        scale_range=(settings["scale_low"], settings["scale_high"]),
-        theta_prior=settings["theta_prior"],
-        noise_sd=settings["noise_sd"],
-        rank=settings["rank"],
-        drift_amplitude=settings["drift_amplitude"],
-        drift_period=settings["drift_period"],
-    )
-    if settings["mask_dims"] is None:
-        settings["mask_dims"] = d // 2
-    if settings["rank"] is None and settings["kind"] == "low_rank":
-        settings["rank"] = max(1, d // 4)
-    _check_int("error_draws", settings["error_draws"], 1)
-    settings["checkpoints"] = checkpoint_rounds(T, settings["num_checkpoints"])
-    built = hcsa_experiment_agents(
-        horizon=T,
-        names=agents,
-        **{k: settings[k] for k in ("v", "alpha", "gamma", "delta", "lam", "aug_scale")},
-        hyran_p=settings["hyran_p"],
-    )
-    return env, built
-
-
-def _hcsa_metrics(settings, env, problems, agent, result) -> dict:
-    states = dict(result.checkpoint_states)
-    states.setdefault(settings["num_rounds"], result.state)
-    rounds, values = prediction_error_curve(env, problems, states, draws=settings["error_draws"])
-    return {"max_prediction_error": (rounds, values)}
-
-
-def register_experiments(register) -> None:
-    """Register the HCSA experiments with ``register`` (an ExperimentSpec sink).
-
-    ``hcsa`` is the comparison of Kim (2025), Sec. 6: the six agents of
-    :func:`hcsa_experiment_agents` on :func:`hcsa_environment` (options
-    :data:`HCSA_DEFAULTS`), cumulative regret and the prediction error
-    :func:`prediction_error_curve` at ``num_checkpoints`` rounds. ``hcsa-drift`` and
-    ``hcsa-low-rank`` are the same with the non-iid context sequences.
-    """
-    from ppl_bandits.experiments import ExperimentSpec
-
-    for name, kind, what in (
-        ("hcsa", "iid", "W. Kim 2025 Sec. 6: iid masked contexts"),
-        ("hcsa-drift", "drift", "HCSA comparison with a drifting context mean"),
-        ("hcsa-low-rank", "low_rank", "HCSA comparison with contexts in a low-rank subspace"),
-    ):
-        register(
-            ExperimentSpec(
-                name,
-                f"{what}; regret and max prediction error of HCSA+TS, DRTS, HyRan, "
-                "SupLinUCB, LinTS, LinUCB",
-                {**HCSA_DEFAULTS, "kind": kind},
-                _hcsa_builder,
-                metrics=_hcsa_metrics,
-                title_keys=("dim", "num_arms"),
-            )
-        )
+def sup_lin_ucb_claim(state: SupLinUCBState) -> GaussianClaim:
+    """The pooled ridge over the stages, (I + Σ_s (A_s − I))⁻¹ Σ_s b_s (our choice: SupLinUCB
+    keeps one estimate per stage and plays none of them alone), with that pooled Gram."""
+    S, d = state.moments.shape[-2:]
+    eye = jnp.eye(d, dtype=state.moments.dtype)
+    pooled = jnp.sum(state.grams, axis=-3) - (S - 1) * eye
+    return estimate_claim(pooled, jnp.sum(state.moments, axis=-2))

@@ -9,7 +9,7 @@ Sufficient statistics of action :math:`i` with rounds :math:`S_i`:
     G_i = \sigma^{-2}\sum_{s} X_s X_s^\top, \qquad B_i = \sigma^{-2}\sum_s X_s Y_s .
 
 For logistic rewards :math:`(G_i, B_i)` are the precision and natural mean of the Laplace
-likelihood approximation (:mod:`ppl_bandits.laplace`); every formula below is unchanged.
+likelihood approximation (:mod:`ppl_bandits.core.laplace`); every formula below is unchanged.
 
 Action :math:`i`'s data, with :math:`\theta_i` integrated out, are a Gaussian observation
 of :math:`M_i\Psi` with precision :math:`P_i` and natural mean :math:`q_i`. With
@@ -40,50 +40,30 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import cho_solve, solve_triangular
+from jax.scipy.linalg import cho_solve
 
-from ppl_bandits.spec import MixedEffectPrior, mixing_matrices
+from models.mixed_effect import MixedEffectPrior, mixing_matrices
+from ppl_bandits.core.likelihood import SufficientStats
+from ppl_bandits.core.linalg import Gaussian, chol_inverse, mvn_logpdf, sym
 
 __all__ = [
     "FACTORED_VARIANTS",
     "ActionTerms",
-    "Gaussian",
-    "SufficientStats",
     "action_terms",
-    "chol_inverse",
     "conditional_action_posterior",
     "effect_posterior",
-    "empty_stats",
     "factored_effect_posterior",
+    "factored_from_natural",
     "hierarchical_joint_posterior",
     "joint_posterior",
+    "joint_prior",
     "log_posterior_density",
     "marginal_action_posterior",
-    "stats_from_history",
-    "update_stats",
+    "marginal_prior",
 ]
 
+
 FACTORED_VARIANTS = ("mean-field", "published")
-
-
-class Gaussian(NamedTuple):
-    """A multivariate normal by its moments."""
-
-    mean: jax.Array
-    """(..., p) mean."""
-    cov: jax.Array
-    """(..., p, p) covariance."""
-
-
-class SufficientStats(NamedTuple):
-    """Per-action sufficient statistics of the rewards (see module docstring)."""
-
-    G: jax.Array
-    """(K, d, d) precision of action i's likelihood, σ⁻² Σ X Xᵀ for Gaussian rewards."""
-    B: jax.Array
-    """(K, d) natural mean of action i's likelihood, σ⁻² Σ X Y for Gaussian rewards."""
-    count: jax.Array
-    """(K,) number of rounds in which action i was played."""
 
 
 class ActionTerms(NamedTuple):
@@ -97,56 +77,6 @@ class ActionTerms(NamedTuple):
     """(..., d) natural mean of that observation."""
 
 
-def chol_inverse(A: jax.Array) -> jax.Array:
-    """Inverse of symmetric positive-definite matrices (batched) through their Cholesky factor.
-
-    >>> chol_inverse(jnp.array([[4.0, 0.0], [0.0, 2.0]])).round(5).tolist()
-    [[0.25, 0.0], [0.0, 0.5]]
-    """
-    chol = jnp.linalg.cholesky(A)
-    eye = jnp.broadcast_to(jnp.eye(A.shape[-1], dtype=A.dtype), A.shape)
-    inv = cho_solve((chol, True), eye)
-    return 0.5 * (inv + jnp.swapaxes(inv, -1, -2))
-
-
-def _sym(A):
-    return 0.5 * (A + jnp.swapaxes(A, -1, -2))
-
-
-def empty_stats(prior: MixedEffectPrior) -> SufficientStats:
-    """Statistics of no data: G = 0, B = 0, count = 0."""
-    K, _, d, _ = prior.mixing.shape
-    dtype = prior.mu_psi.dtype
-    return SufficientStats(
-        jnp.zeros((K, d, d), dtype), jnp.zeros((K, d), dtype), jnp.zeros((K,), jnp.int32)
-    )
-
-
-def update_stats(stats: SufficientStats, action, x, y, noise_sd) -> SufficientStats:
-    """Add one Gaussian-reward observation of ``action``: O(d²).
-
-    >>> from ppl_bandits.spec import fig2_prior
-    >>> s = update_stats(empty_stats(fig2_prior(jax.random.key(0), 3)), 1,
-    ...                  jnp.array([1.0, 2.0]), 3.0, 1.0)
-    >>> s.B[1], s.count
-    (Array([3., 6.], dtype=float32), Array([0, 1, 0], dtype=int32))
-    """
-    prec = 1.0 / noise_sd**2
-    G = stats.G.at[action].add(prec * jnp.outer(x, x))
-    B = stats.B.at[action].add(prec * y * x)
-    return SufficientStats(G, B, stats.count.at[action].add(1))
-
-
-def stats_from_history(prior: MixedEffectPrior, contexts, actions, rewards) -> SufficientStats:
-    """Gaussian-reward statistics of a whole history (played contexts (n, d), actions, rewards)."""
-    K = prior.mixing.shape[0]
-    prec = 1.0 / prior.noise_sd**2
-    G = jax.ops.segment_sum(prec * contexts[:, :, None] * contexts[:, None, :], actions, K)
-    B = jax.ops.segment_sum(prec * contexts * rewards[:, None], actions, K)
-    count = jax.ops.segment_sum(jnp.ones_like(actions, dtype=jnp.int32), actions, K)
-    return SufficientStats(G.astype(prior.mu_psi.dtype), B.astype(prior.mu_psi.dtype), count)
-
-
 def action_terms(S: jax.Array, G: jax.Array, B: jax.Array) -> ActionTerms:
     """Σ̃ = (S + G)⁻¹, P = S Σ̃ G and q = S Σ̃ B, batched over leading axes.
 
@@ -155,7 +85,7 @@ def action_terms(S: jax.Array, G: jax.Array, B: jax.Array) -> ActionTerms:
     """
     cond_cov = chol_inverse(S + G)
     SC = S @ cond_cov
-    P = _sym(SC @ G)
+    P = sym(SC @ G)
     q = jnp.einsum("...ij,...j->...i", SC, B)
     return ActionTerms(cond_cov, P, q)
 
@@ -173,7 +103,7 @@ def _effect_natural(prior: MixedEffectPrior, stats: SufficientStats):
     M = mixing_matrices(prior)
     prec = sigma_psi_inv + jnp.einsum("kdi,kde,kej->ij", M, terms.P, M)
     nat = sigma_psi_inv @ prior.mu_psi + jnp.einsum("kdi,kd->i", M, terms.q)
-    return _sym(prec), nat, terms, S, M
+    return sym(prec), nat, terms, S, M
 
 
 def effect_posterior(prior: MixedEffectPrior, stats: SufficientStats) -> Gaussian:
@@ -183,7 +113,7 @@ def effect_posterior(prior: MixedEffectPrior, stats: SufficientStats) -> Gaussia
     --------
     With no data it is the prior:
 
-    >>> from ppl_bandits.spec import fig2_prior
+    >>> from models.mixed_effect import fig2_prior
     >>> p = fig2_prior(jax.random.key(0), 5)
     >>> q = effect_posterior(p, empty_stats(p))
     >>> bool(jnp.allclose(q.cov, p.sigma_psi)), bool(jnp.allclose(q.mean, p.mu_psi))
@@ -226,7 +156,7 @@ def marginal_action_posterior(prior: MixedEffectPrior, stats: SufficientStats) -
     shift = jnp.einsum("kij,kj->ki", terms.cond_cov, stats.B)
     mean = jnp.einsum("kde,e->kd", A, eff_mean) + shift
     cov = terms.cond_cov + jnp.einsum("kie,ef,kjf->kij", A, eff_cov, A)
-    return Gaussian(mean, _sym(cov))
+    return Gaussian(mean, sym(cov))
 
 
 def hierarchical_joint_posterior(prior: MixedEffectPrior, stats: SufficientStats) -> Gaussian:
@@ -248,7 +178,7 @@ def hierarchical_joint_posterior(prior: MixedEffectPrior, stats: SufficientStats
     theta_cov = cross @ A.T + block
     mean = jnp.concatenate([eff_mean, theta_mean])
     cov = jnp.block([[eff_cov, cross.T], [cross, theta_cov]])
-    return Gaussian(mean, _sym(cov))
+    return Gaussian(mean, sym(cov))
 
 
 def joint_prior(prior: MixedEffectPrior) -> Gaussian:
@@ -275,18 +205,10 @@ def joint_posterior(prior: MixedEffectPrior, stats: SufficientStats) -> Gaussian
     prec0 = chol_inverse(p0.cov)
     data_prec = jax.scipy.linalg.block_diag(jnp.zeros((L * d, L * d), p0.cov.dtype), *stats.G)
     data_nat = jnp.concatenate([jnp.zeros(L * d, p0.cov.dtype), stats.B.reshape(K * d)])
-    prec = _sym(prec0 + data_prec)
+    prec = sym(prec0 + data_prec)
     chol = jnp.linalg.cholesky(prec)
     mean = cho_solve((chol, True), prec0 @ p0.mean + data_nat)
     return Gaussian(mean, chol_inverse(prec))
-
-
-def _mvn_logpdf(x, mean, cov):
-    chol = jnp.linalg.cholesky(cov)
-    z = solve_triangular(chol, (x - mean)[..., None], lower=True)[..., 0]
-    p = x.shape[-1]
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
-    return -0.5 * (jnp.sum(z**2, -1) + logdet + p * jnp.log(2 * jnp.pi))
 
 
 def log_posterior_density(
@@ -294,12 +216,12 @@ def log_posterior_density(
 ) -> jax.Array:
     """log p(Ψ, θ | data) by the hierarchical factorization log Q(Ψ) + Σ_i log P_i(θ_i | Ψ).
 
-    The exact check of ``validation.md`` §1 compares it with the NumPyro model's joint
+    The exact check compares it with the NumPyro model's joint
     log density: their difference must not depend on (Ψ, θ).
     """
     q = effect_posterior(prior, stats)
     cond = conditional_action_posterior(prior, stats, psi)
-    return _mvn_logpdf(psi, q.mean, q.cov) + jnp.sum(_mvn_logpdf(theta, cond.mean, cond.cov))
+    return mvn_logpdf(psi, q.mean, q.cov) + jnp.sum(mvn_logpdf(theta, cond.mean, cond.cov))
 
 
 def factored_effect_posterior(
@@ -323,10 +245,10 @@ def factored_effect_posterior(
         raise ValueError(f"variant is {variant!r}; expected one of {FACTORED_VARIANTS}")
     _, L, d, _ = prior.mixing.shape
     prec, nat, *_ = _effect_natural(prior, stats)
-    return _factored_from_natural(prec, nat, L, d, variant)
+    return factored_from_natural(prec, nat, L, d, variant)
 
 
-def _factored_from_natural(prec, nat, L: int, d: int, variant: str) -> Gaussian:
+def factored_from_natural(prec, nat, L: int, d: int, variant: str) -> Gaussian:
     blocks = prec.reshape(L, d, L, d)
     diag = jnp.stack([blocks[l, :, l, :] for l in range(L)])
     covs = chol_inverse(diag)
@@ -336,3 +258,14 @@ def _factored_from_natural(prec, nat, L: int, d: int, variant: str) -> Gaussian:
     else:
         means = jnp.einsum("lij,lj->li", covs, nat.reshape(L, d))
     return Gaussian(means, covs)
+
+
+def marginal_prior(prior: MixedEffectPrior):
+    """Marginal prior of each θ_i.
+
+    Mean M_i μ_Ψ (K, d) and covariance Σ_{0,i} + M_i Σ_Ψ M_iᵀ (K, d, d).
+    """
+    M = mixing_matrices(prior)
+    mean = jnp.einsum("kde,e->kd", M, prior.mu_psi)
+    cov = prior.sigma0 + jnp.einsum("kde,ef,kgf->kdg", M, prior.sigma_psi, M)
+    return mean, 0.5 * (cov + jnp.swapaxes(cov, -1, -2))

@@ -2,8 +2,8 @@ r"""HCSA+TS: hypothetical coupled sample augmentation for Thompson sampling.
 
 W. Kim, "Adaptive Data Augmentation for Thompson Sampling", arXiv 2506.14479. The paper's
 formulas were lost in extraction; the pieces marked **(R)** are our reconstruction
-(``/work/shared/spec/hcsa.md``). Each (R) choice is one named parameter or one documented
-function of this module, so a reader with the original paper changes it in one place:
+(written up in ``docs/maths/hcsa.md``). Each (R) choice is one named parameter or one
+documented function of this module, so a reader with the original paper changes it in one place:
 
 =====================================  ====================================================
 (R) choice                             where
@@ -54,8 +54,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppl_bandits._checks import check_finite, is_traced
-from ppl_bandits.types import Agent
+from models.checks import check_finite, is_traced
+from ppl_bandits.core.claims import GaussianClaim
+from ppl_bandits.core.types import Agent
 
 __all__ = [
     "RANK_RTOL_FACTOR",
@@ -63,12 +64,16 @@ __all__ = [
     "HCSAState",
     "HypotheticalContexts",
     "augmentation_budget",
+    "check_action",
     "check_contexts",
+    "check_positive",
     "check_probability",
+    "check_reward",
     "count_trials",
     "coupled_arm_selection",
     "coupled_pseudo_rewards",
     "dr_pseudo_rewards",
+    "hcsa_claim",
     "hcsa_estimate",
     "hcsa_statistics_update",
     "hcsa_ts",
@@ -77,6 +82,7 @@ __all__ = [
     "hypothetical_gram",
     "max_trials",
     "orthonormal_completion",
+    "prior_dim_dtype",
     "rank_tolerance",
     "ridge_reference",
     "sample_hypothetical_action",
@@ -140,7 +146,7 @@ def check_probability(name: str, value, *, low_open=True, high_open=True) -> flo
     return v
 
 
-def _check_positive(name: str, value, *, allow_zero=False) -> float:
+def check_positive(name: str, value, *, allow_zero=False) -> float:
     v = float(value)
     if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         want = "a finite number >= 0" if allow_zero else "a finite positive number"
@@ -174,7 +180,7 @@ def check_contexts(contexts, d: int | None = None, *, name: str = "contexts") ->
     check_finite(name, contexts)
 
 
-def _check_action(action, num_arms: int) -> None:
+def check_action(action, num_arms: int) -> None:
     if is_traced(action):
         return
     a = np.asarray(action)
@@ -186,7 +192,7 @@ def _check_action(action, num_arms: int) -> None:
         raise ValueError(f"action is {int(a)}; expected an arm index in [0, {num_arms})")
 
 
-def _check_reward(reward) -> None:
+def check_reward(reward) -> None:
     if is_traced(reward):
         return
     r = np.asarray(reward)
@@ -334,7 +340,7 @@ def hypothetical_contexts(
     check_contexts(contexts)
     N = contexts.shape[0]
     if not is_traced(action):
-        _check_action(action, N)
+        check_action(action, N)
     others = (jnp.arange(N) != action).astype(contexts.dtype)
     Xo = contexts * others[:, None]
     gram_other = Xo.T @ Xo
@@ -558,7 +564,7 @@ def ridge_reference(lam: float = 1.0) -> Callable:
     >>> ref(jnp.eye(2), jnp.array([2.0, 4.0]))
     Array([1., 2.], dtype=float32)
     """
-    lam = _check_positive("lam", lam)
+    lam = check_positive("lam", lam)
 
     def reference(ref_gram, ref_moment):
         d = ref_gram.shape[-1]
@@ -743,7 +749,7 @@ class HCSAState(NamedTuple):
     """PRNG key of the hypothetical draws ã of round t + 1 (read by act and update)."""
 
 
-def _prior_dim_dtype(prior) -> tuple[int, Any]:
+def prior_dim_dtype(prior) -> tuple[int, Any]:
     mu = getattr(prior, "mu", None)
     if mu is None or jnp.ndim(mu) != 1:
         raise ValueError(
@@ -825,15 +831,15 @@ def hcsa_ts(
     ...
     ValueError: gamma is 1.5; expected a number in (0, 1)
     """
-    v = _check_positive("v", v)
+    v = check_positive("v", v)
     gamma = check_probability("gamma", gamma)
     delta = check_probability("delta", delta)
-    aug_scale = _check_positive("aug_scale", aug_scale, allow_zero=True)
-    null_precision = _check_positive("null_precision", null_precision)
+    aug_scale = check_positive("aug_scale", aug_scale, allow_zero=True)
+    null_precision = check_positive("null_precision", null_precision)
     sampling_gamma = gamma if sampling_gamma is None else sampling_gamma
     sampling_gamma = check_probability("sampling_gamma", sampling_gamma)
     if rank_rtol is not None:
-        rank_rtol = _check_positive("rank_rtol", rank_rtol)
+        rank_rtol = check_positive("rank_rtol", rank_rtol)
     if reference is None:
         reference = ridge_reference(lam)
     elif not callable(reference):
@@ -847,7 +853,7 @@ def hcsa_ts(
         raise ValueError(f"schedule is {schedule!r}; expected a callable t -> h_t")
 
     def init(key, prior) -> HCSAState:
-        d, dtype = _prior_dim_dtype(prior)
+        d, dtype = prior_dim_dtype(prior)
         zi = jnp.int32(0)
         return HCSAState(
             gram=jnp.zeros((d, d), dtype),
@@ -883,8 +889,8 @@ def hcsa_ts(
 
     def update(key, state: HCSAState, contexts, action, reward) -> HCSAState:
         check_contexts(contexts, state.gram.shape[-1])
-        _check_action(action, np.shape(contexts)[0])
-        _check_reward(reward)
+        check_action(action, np.shape(contexts)[0])
+        check_reward(reward)
         dtype = state.gram.dtype
         contexts = jnp.asarray(contexts, dtype)
         reward = jnp.asarray(reward, dtype)
@@ -913,4 +919,12 @@ def hcsa_ts(
             coupling_key=jax.random.fold_in(key, 1),
         )
 
-    return Agent(name, init, act, update)
+    return Agent(name, init, act, update, hcsa_claim)
+
+
+def hcsa_claim(state: HCSAState) -> GaussianClaim:
+    """N(θ̂_t, V_t⁺): the HCSA estimate (eq. 15, minimum-norm while V_t is singular) and the
+    pseudo-inverse of its Gram, the centre and shape of the Thompson sample (scaled by v²)."""
+    d = state.moment.shape[-1]
+    cov = 0.5 * (jnp.linalg.pinv(state.gram) + jnp.swapaxes(jnp.linalg.pinv(state.gram), -1, -2))
+    return GaussianClaim(hcsa_estimate(state.gram, state.moment), cov, (("theta", (d,)),))

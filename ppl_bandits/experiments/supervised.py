@@ -11,7 +11,7 @@ pre-training half and a bandit half. On the pre-training half:
    :math:`\theta_a = (X^\top X + \lambda I)^{-1} X^\top \mathbb{1}[y = a]`, stacked into
    :math:`\theta = (\theta_1, \dots, \theta_K) \in \mathbb{R}^{Kp}`: samples of
    plausible parameters of the task;
-3. a DDPM (:mod:`ppl_bandits.ddpm`) on those samples: the prior of shared-parameter dTS
+3. a DDPM (:mod:`ppl_bandits.diffusion.ddpm`) on those samples: the prior of shared-parameter dTS
    (Aouali 2025), whose reward model is :math:`\varphi(x, a)^\top\theta` with
    :math:`\varphi(x, a) = e_a \otimes x`;
 4. Gaussian moments of the same samples for the baselines: LinTS with each class's
@@ -32,45 +32,30 @@ scale. The Gaussian likelihood the agents assume (σ = ``noise_sd``) is misspeci
 from __future__ import annotations
 
 import math
-import time
 from typing import NamedTuple
 
 import numpy as np
 
+from models.mixed_effect import mixed_effect_prior
+from ppl_bandits.core.types import Agent, Environment
+from ppl_bandits.data.digits import SupervisedTask, supervised_task
+from ppl_bandits.diffusion.agents import make_diffusion_agent
+from ppl_bandits.diffusion.ddpm import ddpm_prior
+from ppl_bandits.experiments.registry import ExperimentSpec
+from ppl_bandits.mixed_effect.agents import mets
+from ppl_bandits.mixed_effect.baselines import lin_ts
+
 __all__ = [
     "SupervisedParams",
     "SupervisedPrior",
-    "SupervisedTask",
+    "block_diag",
     "lifted",
     "register_experiments",
     "supervised_environment",
-    "supervised_task",
 ]
 
+
 NOISE_SD = 0.5
-
-
-class SupervisedTask(NamedTuple):
-    """Pre-training output and the bandit half (numpy arrays, scaled coordinates)."""
-
-    features: np.ndarray
-    """(n, p) bandit-half features (scaled; last column the scaled intercept)."""
-    labels: np.ndarray
-    """(n,) bandit-half classes."""
-    samples: np.ndarray
-    """(S, K*p) bootstrap class-parameter vectors (scaled), the DDPM's training data."""
-    scale: float
-    """The scalar s: features are x s, parameters θ / s."""
-    num_classes: int
-    accuracy: float
-    """Bandit-half accuracy of the full pre-training ridge fit (a ceiling for the agents)."""
-    params: object
-    """DDPM weights (:class:`models.diffusion.MLPParams`)."""
-    settings: object
-    """:class:`ppl_bandits.ddpm.DDPMSettings`."""
-    losses: np.ndarray
-    seconds: float
-    """Pre-training wall time (PCA, bootstrap, DDPM)."""
 
 
 class SupervisedPrior(NamedTuple):
@@ -91,103 +76,12 @@ class SupervisedParams(NamedTuple):
     """(n,) their classes."""
 
 
-_CACHE: dict = {}
-
-
-def _ridge(X, Y, lam):
-    p = X.shape[-1]
-    return np.linalg.solve(np.swapaxes(X, -1, -2) @ X + lam * np.eye(p), np.swapaxes(X, -1, -2) @ Y)
-
-
-def _pretraining_arrays(num_components, num_bootstrap, subset, ridge, seed):
-    """Features of both halves, bootstrap class vectors, scale and the ridge accuracy."""
-    from sklearn.datasets import load_digits
-    from sklearn.decomposition import PCA
-    from sklearn.model_selection import train_test_split
-
-    X, y = load_digits(return_X_y=True)
-    K = int(y.max()) + 1
-    X_pre, X_test, y_pre, y_test = train_test_split(
-        X, y, test_size=0.5, random_state=seed, stratify=y
-    )
-    pca = PCA(num_components, random_state=seed).fit(X_pre)
-    Z_pre, Z_test = pca.transform(X_pre), pca.transform(X_test)
-    sd = Z_pre.std(0)
-    F_pre = np.column_stack([Z_pre / sd, np.ones(len(Z_pre))])
-    F_test = np.column_stack([Z_test / sd, np.ones(len(Z_test))])
-    Y_pre = np.eye(K)[y_pre]
-    full = _ridge(F_pre, Y_pre, ridge)  # (p, K)
-    accuracy = float(np.mean(np.argmax(F_test @ full, 1) == y_test))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(F_pre), (num_bootstrap, subset))
-    W = _ridge(F_pre[idx], Y_pre[idx], ridge)  # (S, p, K)
-    theta = np.swapaxes(W, 1, 2).reshape(num_bootstrap, -1)  # (S, K*p), class-major
-    scale = float(theta.std())
-    samples = theta / scale
-    # Drop exact duplicate images so that a context identifies its label.
-    F_test, keep = np.unique(F_test, axis=0, return_index=True)
-    y_test = y_test[keep]
-    return F_test * scale, y_test, samples, scale, K, accuracy
-
-
-def supervised_task(
-    *,
-    num_components: int = 3,
-    num_bootstrap: int = 1000,
-    subset: int = 100,
-    ridge: float = 1.0,
-    epochs: int = 3000,
-    num_steps: int = 10,
-    hidden: int = 128,
-    seed: int = 0,
-    progress: bool = False,
-) -> SupervisedTask:
-    """Pre-train on half of ``load_digits`` (see the module docstring); cached in memory."""
-    import jax
-
-    from ppl_bandits.ddpm import DDPMSettings, train_ddpm
-
-    key = (num_components, num_bootstrap, subset, ridge, epochs, num_steps, hidden, seed)
-    if key in _CACHE:
-        return _CACHE[key]
-    for name, v in (
-        ("num_components", num_components),
-        ("num_bootstrap", num_bootstrap),
-        ("subset", subset),
-        ("epochs", epochs),
-    ):
-        if isinstance(v, bool) or int(v) != v or v < 1:
-            raise ValueError(f"{name} is {v!r}; expected an integer >= 1")
-    from ppl_bandits.embeddings import _one_blas_thread
-
-    t0 = time.perf_counter()
-    with _one_blas_thread():
-        arrays = _pretraining_arrays(num_components, num_bootstrap, subset, ridge, seed)
-    F_test, y_test, samples, scale, K, accuracy = arrays
-    settings = DDPMSettings(dim=samples.shape[1], num_steps=num_steps, hidden=hidden)
-    params, losses = train_ddpm(
-        jax.random.key(seed), samples, settings, epochs=int(epochs), progress=progress
-    )
-    task = SupervisedTask(
-        features=F_test,
-        labels=y_test.astype(np.int32),
-        samples=samples,
-        scale=scale,
-        num_classes=K,
-        accuracy=accuracy,
-        params=params,
-        settings=settings,
-        losses=np.asarray(losses),
-        seconds=time.perf_counter() - t0,
-    )
-    _CACHE[key] = task
-    return task
+#: Environments already built, by their settings.
+_ENVIRONMENTS: dict = {}
 
 
 def _gaussian_priors(task: SupervisedTask, noise_sd: float, dtype):
     import jax.numpy as jnp
-
-    from ppl_bandits.spec import mixed_effect_prior
 
     K = task.num_classes
     p = task.features.shape[1]
@@ -197,7 +91,7 @@ def _gaussian_priors(task: SupervisedTask, noise_sd: float, dtype):
     eye = np.eye(K)
     mixed = mixed_effect_prior(
         jnp.asarray(m.reshape(-1), dtype),
-        jnp.asarray(0.75 * _block_diag(C), dtype),
+        jnp.asarray(0.75 * block_diag(C), dtype),
         weights=jnp.asarray(eye, dtype),
         sigma0=jnp.asarray(0.25 * C, dtype),
         noise_sd=noise_sd,
@@ -213,7 +107,7 @@ def _gaussian_priors(task: SupervisedTask, noise_sd: float, dtype):
     return mixed, hier
 
 
-def _block_diag(blocks):
+def block_diag(blocks):
     K, p, _ = blocks.shape
     out = np.zeros((K * p, K * p))
     for k in range(K):
@@ -226,14 +120,11 @@ def supervised_environment(task: SupervisedTask, *, noise_sd: float = NOISE_SD):
     import jax
     import jax.numpy as jnp
 
-    from ppl_bandits.ddpm import ddpm_prior
-    from ppl_bandits.types import Environment
-
     if not (isinstance(noise_sd, int | float) and math.isfinite(noise_sd) and noise_sd > 0):
         raise ValueError(f"noise_sd is {noise_sd!r}; expected a positive number")
     key = ("env", id(task), noise_sd)
-    if key in _CACHE:
-        return _CACHE[key]
+    if key in _ENVIRONMENTS:
+        return _ENVIRONMENTS[key]
     K = task.num_classes
     n, p = task.features.shape
 
@@ -261,15 +152,13 @@ def supervised_environment(task: SupervisedTask, *, noise_sd: float = NOISE_SD):
         return mean_rewards(params, ctx)[action]
 
     env = Environment("supervised-digits", draw, contexts, mean_rewards, reward)
-    _CACHE[key] = env
+    _ENVIRONMENTS[key] = env
     return env
 
 
 def lifted(agent, num_classes: int):
     r"""A shared-parameter agent on per-arm contexts: φ(x, a) = e_a ⊗ x_a, row a of (K, K p)."""
     import jax.numpy as jnp
-
-    from ppl_bandits.types import Agent
 
     K = num_classes
 
@@ -289,7 +178,6 @@ def lifted(agent, num_classes: int):
 
 
 def _reading(agent, field):
-    from ppl_bandits.types import Agent
 
     def init(key, prior):
         return agent.init(key, getattr(prior, field))
@@ -302,8 +190,6 @@ SUPERVISED_AGENTS = ("dTS-shared", "LinTS", "HierTS")
 
 def make_supervised_agents(names, num_classes: int):
     """The benchmark's agents by name: dTS-shared (DDPM prior), LinTS, HierTS, meTS-Lin."""
-    from ppl_bandits.agents import lin_ts, mets
-    from ppl_bandits.diffusion import make_diffusion_agent
 
     table = {
         "dts-shared": lambda: lifted(make_diffusion_agent("dTS-shared"), num_classes),
@@ -355,7 +241,6 @@ def _build(settings: dict, agents):
 
 def register_experiments(register) -> None:
     """Register ``supervised-digits`` with ``register``."""
-    from ppl_bandits.experiments import ExperimentSpec
 
     register(
         ExperimentSpec(

@@ -1,5 +1,5 @@
 r"""The diffusion Thompson sampling (dTS) experiments (Aouali, NeurIPS 2025, Sec. 5),
-registered with :mod:`ppl_bandits.experiments`, and their ablations.
+registered with :mod:`ppl_bandits.experiments.catalog`, and their ablations.
 
 =====================  ==============================================================
 experiment             setting
@@ -24,56 +24,60 @@ shared by the actions, reward noise σ = ``noise_sd`` = 1, n = 5000 rounds, 50 r
 problem (links and true parameters) is redrawn per run from the generative model. The
 option ``num_effects`` (``--L`` on the command line) is L, the number of diffusion levels.
 The per-action baselines are told each action's marginal prior
-(:func:`ppl_bandits.diffusion.marginal_mixed_effect_prior`; moment-matched for neural
+(:func:`ppl_bandits.diffusion.posterior.marginal_mixed_effect_prior`; moment-matched for neural
 links), so they know as much about each action as dTS but share nothing.
 
 Ablations over K, L, d, the horizon or the pre-training sample size run an experiment
 once per value and write a table and a plot (:func:`run_ablation`)::
 
-    python -m ppl_bandits.dts_experiments --experiment dts-linear --over K \
+    python -m ppl_bandits.experiments.dts --experiment dts-linear --over K \
         --values 10,100,1000,10000 --runs 10 --rounds 1000 --out reports/dts-ablation-K
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import functools
-import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
-from ppl_bandits.experiments import ExperimentSpec, check_positive_ints
-from ppl_bandits.types import Agent, Environment
+from ppl_bandits.core.types import Agent, Environment
+from ppl_bandits.diffusion.agents import make_diffusion_agent
+from ppl_bandits.diffusion.ddpm import DDPMSettings, ddpm_prior, load_ddpm, train_ddpm, training_set
+from ppl_bandits.diffusion.environment import diffusion_environment, fixed_prior_environment
+from ppl_bandits.diffusion.posterior import marginal_mixed_effect_prior
+from ppl_bandits.experiments.registry import ExperimentSpec, check_positive_ints
+from ppl_bandits.mixed_effect.catalog import make_agent
 
 __all__ = [
-    "ABLATION_ALIASES",
     "DTS_AGENT_NAMES",
     "make_dts_agent",
     "on_diffusion_prior",
     "register_experiments",
-    "run_ablation",
     "swiss_roll_environment",
-    "write_ablation",
 ]
+
 
 #: Per-action baselines, told each action's marginal prior.
 _BASELINES = ("LinTS", "LinUCB", "GLM-TS", "UCB-GLM")
+
 #: Every agent name a dTS experiment accepts (case-insensitive).
 DTS_AGENT_NAMES = ("dTS", "dTS-GLM", "HierTS-1", "HierTS-2", *_BASELINES)
+
 _LINEAR_ONLY = ("HierTS-1", "HierTS-2")
 
 _SMALL = {"num_actions": 100, "num_effects": 2, "dim": 5}
+
 _LARGE = {"num_actions": 10_000, "num_effects": 4, "dim": 20}
+
 _COMMON = {
     "num_rounds": 5000,
     "num_runs": 50,
     "reward": "linear",
     "noise_sd": 1.0,
 }
+
 _SWISS = {
     "num_actions": 100,
     "num_effects": 20,
@@ -91,8 +95,8 @@ _SWISS = {
 
 def on_diffusion_prior(agent: Agent) -> Agent:
     """A per-action baseline that accepts a DiffusionPrior: its ``init`` is told the
-    marginal prior of each action (:func:`~ppl_bandits.diffusion.marginal_mixed_effect_prior`)."""
-    from ppl_bandits.diffusion import marginal_mixed_effect_prior
+    marginal prior of each action
+    (:func:`~ppl_bandits.diffusion.posterior.marginal_mixed_effect_prior`)."""
 
     inner = agent.init
 
@@ -110,8 +114,6 @@ def make_dts_agent(name: str, *, horizon: int, neural: bool = False) -> Agent:
     >>> make_dts_agent("lints", horizon=10).name
     'LinTS'
     """
-    from ppl_bandits.agents import make_agent
-    from ppl_bandits.diffusion import make_diffusion_agent
 
     table = {n.lower(): n for n in DTS_AGENT_NAMES}
     canonical = table.get(str(name).strip().lower())
@@ -140,7 +142,6 @@ def _agents(settings: dict, agents, default: tuple[str, ...], *, neural: bool) -
 
 def _synthetic_builder(link: str):
     def build(settings: dict, agents):
-        from ppl_bandits.diffusion import diffusion_environment
 
         _check_common(settings)
         env = diffusion_environment(
@@ -164,13 +165,9 @@ def _synthetic_builder(link: str):
     return build
 
 
-# --------------------------------------------------------------------------- Swiss roll
-
-
 @functools.lru_cache(maxsize=16)
 def _pretrained_swiss_roll(num_samples: int, num_steps: int, epochs: int, hidden: int, seed: int):
     """A DDPM pre-trained on Swiss-roll samples (cached: ablations reuse it)."""
-    from ppl_bandits.ddpm import DDPMSettings, train_ddpm, training_set
 
     k_data, k_train = jax.random.split(jax.random.fold_in(jax.random.key(seed), 2024))
     data = training_set("swiss-roll", num_samples, k_data, dim=2)
@@ -190,20 +187,18 @@ def _pretrained_swiss_roll(num_samples: int, num_steps: int, epochs: int, hidden
 def swiss_roll_environment(
     num_actions: int, prior, *, noise_sd: float = 1.0, name: str = "swiss-roll"
 ) -> Environment:
-    """True θ_a iid from the 2-D Swiss roll (:func:`ppl_bandits.ddpm.training_set`); the
-    agents are told ``prior`` (a DiffusionPrior for ``num_actions`` actions, e.g. a
-    pre-trained DDPM's :func:`~ppl_bandits.ddpm.ddpm_prior`). Contexts U[−1, 1]^2 shared by
-    the actions, rewards x_aᵀθ_a + N(0, noise_sd²).
+    """True θ_a iid from the 2-D Swiss roll (:func:`ppl_bandits.diffusion.ddpm.training_set`);
+    the agents are told ``prior`` (a DiffusionPrior for ``num_actions`` actions, e.g. a
+    pre-trained DDPM's :func:`~ppl_bandits.diffusion.ddpm.ddpm_prior`). Contexts U[−1, 1]^2
+    shared by the actions, rewards x_aᵀθ_a + N(0, noise_sd²).
 
-    >>> from ppl_bandits.ddpm import DDPMSettings, ddpm_prior
+    >>> from ppl_bandits.diffusion.ddpm import DDPMSettings, ddpm_prior
     >>> from models.diffusion import init_mlp
     >>> s = DDPMSettings(dim=2, num_steps=3, hidden=4)
     >>> env = swiss_roll_environment(5, ddpm_prior(init_mlp(jax.random.key(0), 2, 4), s, 5))
     >>> env.draw(jax.random.key(1))[1].theta.shape
     (5, 2)
     """
-    from ppl_bandits.ddpm import training_set
-    from ppl_bandits.diffusion import fixed_prior_environment
 
     K, d = int(num_actions), int(prior.dim)
     if prior.num_actions != K:
@@ -218,7 +213,6 @@ def swiss_roll_environment(
 
 
 def _swiss_roll_build(settings: dict, agents):
-    from ppl_bandits.ddpm import ddpm_prior, load_ddpm
 
     settings.setdefault("reward", "linear")
     _check_common(settings)
@@ -281,179 +275,3 @@ def register_experiments(register) -> None:
             title_keys=(*keys, "pretrain_samples"),
         )
     )
-
-
-# --------------------------------------------------------------------------- ablations
-
-#: Short names accepted by ``--over``.
-ABLATION_ALIASES = {
-    "K": "num_actions",
-    "L": "num_effects",
-    "d": "dim",
-    "n": "num_rounds",
-    "rounds": "num_rounds",
-    "pretrain-samples": "pretrain_samples",
-}
-
-
-def run_ablation(
-    experiment: str, over: str, values, *, seed: int = 0, progress: bool = False, **options
-) -> list[dict]:
-    """Run ``experiment`` once per value of option ``over`` (K, L, d, n or an option name).
-
-    Returns one row per (value, agent): final cumulative regret mean and standard error
-    over runs, and wall seconds. Every value uses the same seed.
-    """
-    from ppl_bandits.experiments import cumulative_regret, run_experiment
-
-    option = ABLATION_ALIASES.get(over, over.replace("-", "_"))
-    if options.get(option) is not None:
-        raise ValueError(f"option {option} is both swept (--over {over}) and fixed")
-    values = list(values)
-    if not values:
-        raise ValueError("values is empty; expected at least one value to sweep")
-    rows = []
-    for value in values:
-        result = run_experiment(
-            experiment, seed=seed, progress=progress, **{**options, option: value}
-        )
-        for name, res in result.results.items():
-            mean, se = cumulative_regret(res)
-            rows.append(
-                {
-                    "experiment": result.name,
-                    "option": option,
-                    "value": value,
-                    "agent": name,
-                    "final_regret_mean": float(mean[-1]),
-                    "final_regret_se": float(se[-1]),
-                    "wall_seconds": result.wall_seconds[name],
-                    "num_runs": result.settings["num_runs"],
-                    "num_rounds": result.settings["num_rounds"],
-                }
-            )
-    return rows
-
-
-def write_ablation(rows: list[dict], out_dir, *, command: str, seed: int, settings: dict) -> Path:
-    """Write OUT/ablation.csv, ablation.png (final regret ± 2 se against the swept value)
-    and ablation.json (rows, settings, command, seed, versions); returns the CSV path."""
-    from ppl_bandits.plotting import subplots
-    from ppl_bandits.provenance import collect_versions, write_json
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fields = list(rows[0])
-    with open(out / "ablation.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    option = rows[0]["option"]
-    fig, ax = subplots(figsize=(6.4, 4.2))
-    numeric = all(isinstance(r["value"], int | float) for r in rows)
-    for agent in dict.fromkeys(r["agent"] for r in rows):
-        sub = [r for r in rows if r["agent"] == agent]
-        x = [r["value"] for r in sub] if numeric else list(range(len(sub)))
-        m = np.array([r["final_regret_mean"] for r in sub])
-        e = np.nan_to_num(np.array([r["final_regret_se"] for r in sub]))
-        ax.errorbar(x, m, yerr=2 * e, marker="o", capsize=3, label=agent)
-    if numeric and min(r["value"] for r in rows) > 0:
-        ax.set_xscale("log")
-    ax.set_xlabel(option)
-    ax.set_ylabel("final cumulative regret (±2 se)")
-    ax.set_title(
-        f"{rows[0]['experiment']}: ablation over {option}, "
-        f"n={rows[0]['num_rounds']}, {rows[0]['num_runs']} runs",
-        fontsize=9,
-    )
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "ablation.png", dpi=120)
-    write_json(
-        out / "ablation.json",
-        {
-            "rows": rows,
-            "settings": settings,
-            "command": command,
-            "seed": seed,
-            "versions": collect_versions(),
-        },
-    )
-    return out / "ablation.csv"
-
-
-def _value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            continue
-    return text
-
-
-def main(argv=None) -> int:
-    """``python -m ppl_bandits.dts_experiments``: an ablation table and plot."""
-    from ppl_bandits.runtime import configure_cpu
-
-    configure_cpu()
-    from ppl_bandits.cli import _parse_set
-    from ppl_bandits.provenance import command_line
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    p = argparse.ArgumentParser(
-        prog="python -m ppl_bandits.dts_experiments",
-        description="Ablation of a dTS experiment over one option (K, L, d, n, "
-        "pretrain-samples or any option name): OUT/ablation.csv, .png, .json.",
-    )
-    p.add_argument("--experiment", default="dts-linear")
-    p.add_argument("--over", required=True, help="K, L, d, n, pretrain-samples or an option")
-    p.add_argument("--values", required=True, help="comma-separated values")
-    p.add_argument("--runs", type=int)
-    p.add_argument("--rounds", type=int)
-    p.add_argument("--agents", help="comma-separated agent names")
-    p.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="reports/dts-ablation")
-    p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
-    command = command_line(["python -m ppl_bandits.dts_experiments", *argv])
-    try:
-        options = _parse_set(args.set)
-        options.update(num_runs=args.runs, num_rounds=args.rounds)
-        agents = None if args.agents is None else [a.strip() for a in args.agents.split(",")]
-        values = [_value(v.strip()) for v in args.values.split(",") if v.strip()]
-        t0 = time.perf_counter()
-        rows = run_ablation(
-            args.experiment,
-            args.over,
-            values,
-            seed=args.seed,
-            progress=not args.quiet,
-            agents=agents,
-            **options,
-        )
-    except ValueError as exc:
-        print(f"dts ablation: error: {exc}", file=sys.stderr)
-        return 2
-    settings = {
-        "experiment": args.experiment,
-        "over": args.over,
-        "values": values,
-        "options": {k: v for k, v in options.items() if v is not None},
-        "agents": agents,
-        "wall_seconds": time.perf_counter() - t0,
-    }
-    path = write_ablation(rows, args.out, command=command, seed=args.seed, settings=settings)
-    print(f"{args.experiment}: final cumulative regret (mean ± se) against {rows[0]['option']}")
-    for r in rows:
-        print(
-            f"  {r['option']}={r['value']!s:<8} {r['agent']:<10} "
-            f"{r['final_regret_mean']:10.2f} ± {r['final_regret_se']:.2f}   "
-            f"({r['wall_seconds']:.1f} s)"
-        )
-    print(f"wrote {path}, {path.with_suffix('.png')}, {path.with_suffix('.json')}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

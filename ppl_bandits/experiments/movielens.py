@@ -18,10 +18,10 @@ A loaded :class:`Ratings` holds 0-based user and item indices and the ratings, w
 original ids in sorted order (``user_ids[u]`` is the id of user index ``u``).
 
 **Environment** (:func:`movielens_environment`; Aouali, Kveton, Katariya 2023, Fig. 3).
-A rank-``d`` factorization (:func:`ppl_bandits.embeddings.fit_embeddings`) gives user
+A rank-``d`` factorization (:func:`ppl_bandits.data.embeddings.fit_embeddings`) gives user
 vectors :math:`x_j` and movie vectors :math:`\theta_i`; a Gaussian mixture with ``L``
 components on the movie vectors gives the proxy mixed-effect prior
-(:func:`ppl_bandits.embeddings.proxy_prior`). Each run samples ``K`` movies without
+(:func:`ppl_bandits.data.embeddings.proxy_prior`). Each run samples ``K`` movies without
 replacement; their vectors are the true :math:`\theta_i` and their GMM responsibilities
 the mixing weights. Each round a user is drawn uniformly and :math:`x_j` is the context of
 every action; rewards are :math:`\mathcal{N}(x_j^\top\theta_i, \sigma^2)` (σ = 0.5, the
@@ -46,437 +46,44 @@ movielens-dts           DDPM prior on half the movies; dTS, meTS-Lin, LinTS, Hie
 from __future__ import annotations
 
 import hashlib
-import re
-import shutil
-import tempfile
 import time
-import urllib.request
-import warnings
-import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from models.mixed_effect import mixed_effect_prior
+from ppl_bandits.core.types import Agent, Environment
+from ppl_bandits.data.embeddings import fit_embeddings, fit_proxy_structure
+from ppl_bandits.data.movielens import Ratings, load_ratings, resolve_file
+from ppl_bandits.diffusion.agents import DIFFUSION_AGENT_NAMES, make_diffusion_agent
+from ppl_bandits.diffusion.ddpm import DDPMSettings, ddpm_prior, load_ddpm, save_ddpm, train_ddpm
+from ppl_bandits.experiments.mets import mixed_effect_agents
+from ppl_bandits.experiments.registry import ExperimentSpec, check_positive_ints
+from ppl_bandits.mixed_effect.catalog import AGENT_NAMES, make_agent, resolve_agent_name
+from ppl_bandits.mixed_effect.environment import MixedEffectParams
+
 __all__ = [
-    "DATASETS",
-    "FORMATS",
+    "CONTEXT_KINDS",
     "MovieLensDTSPrior",
     "MovieLensStructure",
     "PretrainedMovies",
-    "Ratings",
-    "detect_format",
-    "download",
-    "file_checksum",
-    "from_arrays",
-    "load_ratings",
     "movielens_dts_environment",
     "movielens_environment",
     "movielens_structure",
     "pretrain_movie_prior",
     "reading",
     "register_experiments",
-    "synthetic_ratings",
-    "verify_checksum",
-    "write_ratings",
 ]
 
-#: Format name -> the file name GroupLens gives it.
-FORMATS = {"100k": "u.data", "1m": "ratings.dat", "latest": "ratings.csv"}
-_SEPARATORS = {"100k": "\t", "1m": "::", "latest": ","}
-_LATEST_HEADER = ("userId", "movieId", "rating", "timestamp")
-
-_BASE_URL = "https://files.grouplens.org/datasets/movielens/"
-#: Archives :func:`download` knows: name -> (URL, MD5 published by GroupLens or None).
-#: The MD5 of the fixed releases is the value GroupLens publishes next to the archive
-#: (``<archive>.zip.md5``); the "latest" archives change over time, so their checksum is
-#: read from that published file at download time.
-DATASETS: dict[str, tuple[str, str | None]] = {
-    "ml-100k": (_BASE_URL + "ml-100k.zip", "0e33842e24a9c977be4e0107933c0723"),
-    "ml-1m": (_BASE_URL + "ml-1m.zip", "c4d9eecfca2ab87c1945afe126590906"),
-    "ml-latest-small": (_BASE_URL + "ml-latest-small.zip", None),
-}
-
-
-class Ratings(NamedTuple):
-    """A ratings data set in compact form (numpy arrays; n ratings, U users, I items)."""
-
-    user: np.ndarray
-    """(n,) int32 user index in 0..U-1."""
-    item: np.ndarray
-    """(n,) int32 item index in 0..I-1."""
-    rating: np.ndarray
-    """(n,) float64 rating."""
-    user_ids: np.ndarray
-    """(U,) int64 original user ids, sorted."""
-    item_ids: np.ndarray
-    """(I,) int64 original item (movie) ids, sorted."""
-    source: str
-    """The file the ratings were read from ("" when built in memory)."""
-    format: str
-    """One of :data:`FORMATS` ("" when built in memory)."""
-
-    @property
-    def num_users(self) -> int:
-        return int(self.user_ids.shape[0])
-
-    @property
-    def num_items(self) -> int:
-        return int(self.item_ids.shape[0])
-
-    @property
-    def num_ratings(self) -> int:
-        return int(self.rating.shape[0])
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _resolve_file(path) -> tuple[Path, str | None]:
-    """The ratings file inside ``path`` (a file or an unpacked archive) and its format."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ValueError(
-            f"MovieLens path {str(p)!r} does not exist; expected a ratings file (u.data, "
-            "ratings.dat or ratings.csv) or a directory holding one"
-        )
-    if p.is_dir():
-        found = [(p / name, fmt) for fmt, name in FORMATS.items() if (p / name).is_file()]
-        if not found:
-            found = [
-                (sub / name, fmt)
-                for sub in sorted(p.iterdir())
-                if sub.is_dir()
-                for fmt, name in FORMATS.items()
-                if (sub / name).is_file()
-            ]
-        if not found:
-            raise ValueError(
-                f"directory {str(p)!r} holds no MovieLens ratings file; expected one of "
-                f"{', '.join(FORMATS.values())} in it or in a subdirectory"
-            )
-        if len(found) > 1:
-            names = ", ".join(str(f) for f, _ in found)
-            raise ValueError(
-                f"directory {str(p)!r} holds several ratings files ({names}); give the path "
-                "of one of them"
-            )
-        return found[0]
-    for fmt, name in FORMATS.items():
-        if p.name == name:
-            return p, fmt
-    return p, None
-
-
-def detect_format(path) -> str:
-    """The format ("100k", "1m" or "latest") of a ratings file or unpacked archive.
-
-    The file name decides when it is one of GroupLens's names; otherwise the first
-    non-empty line: a ``userId,movieId,...`` header means "latest", ``::`` means "1m", a
-    tab means "100k".
-    """
-    file, fmt = _resolve_file(path)
-    if fmt is not None:
-        return fmt
-    with open(file, "rb") as fh:
-        head = fh.read(4096).decode("utf-8", "replace")
-    first = next((line for line in head.splitlines() if line.strip()), "")
-    if not first:
-        raise ValueError(f"MovieLens file {str(file)!r} is empty; expected ratings lines")
-    if first.replace(" ", "").lower().startswith("userid,"):
-        return "latest"
-    if "::" in first:
-        return "1m"
-    if "\t" in first:
-        return "100k"
-    raise ValueError(
-        f"cannot tell the format of MovieLens file {str(file)!r} from its first line "
-        f"{first[:80]!r}; expected user<TAB>item<TAB>rating<TAB>timestamp (100k), "
-        "user::item::rating::timestamp (1m) or a userId,movieId,rating,timestamp header (latest)"
-    )
-
-
-def _bad_line(file: Path, lines: list[str], start: int, sep: str, what: str) -> str:
-    """Describe the first line that is not four numeric fields (slow path, errors only)."""
-    for number, line in enumerate(lines, start=start):
-        if not line.strip():
-            continue
-        fields = line.split(sep)
-        if len(fields) != 4:
-            return (
-                f"MovieLens file {str(file)!r}, line {number}: {len(fields)} fields "
-                f"{line[:80]!r}; expected 4 ({what}) separated by {sep!r}"
-            )
-        for name, text in zip(("user", "item", "rating", "timestamp"), fields, strict=True):
-            try:
-                ok = np.isfinite(float(text))
-            except ValueError:
-                ok = False
-            if not ok:
-                return (
-                    f"MovieLens file {str(file)!r}, line {number}: {name} is {text.strip()!r}; "
-                    "expected a finite number"
-                )
-    return f"MovieLens file {str(file)!r} could not be parsed; expected lines of {what}"
-
-
-def load_ratings(path, *, format: str | None = None) -> Ratings:
-    """Read MovieLens ratings from a file or an unpacked archive directory.
-
-    Parameters
-    ----------
-    path : str or Path
-        ``u.data``, ``ratings.dat``, ``ratings.csv`` (or a file in one of those formats
-        under another name), or a directory holding one of them (directly or one level
-        down, e.g. the directory that holds ``ml-1m/``).
-    format : {"100k", "1m", "latest"}, optional
-        Skip detection (:func:`detect_format`).
-
-    Raises
-    ------
-    ValueError
-        Naming the file and the problem: a missing path, an empty file, a line with the
-        wrong number of fields or a non-numeric field (with its line number), a wrong
-        header, non-integer ids or non-finite ratings.
-
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> d = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = (d / "u.data").write_text("1\\t10\\t4\\t881250949\\n2\\t10\\t3\\t881250950\\n")
-    >>> r = load_ratings(d)
-    >>> r.format, r.num_users, r.num_items, r.rating.tolist()
-    ('100k', 2, 1, [4.0, 3.0])
-    """
-    file, named = _resolve_file(path)
-    if format is None:
-        format = named or detect_format(file)
-    if format not in FORMATS:
-        raise ValueError(f"format is {format!r}; expected one of {tuple(FORMATS)}")
-    sep = _SEPARATORS[format]
-    raw = file.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    lines = text.splitlines()
-    start = 1
-    what = "user, item, rating, timestamp"
-    if format == "latest":
-        header = next((i for i, line in enumerate(lines) if line.strip()), None)
-        if header is None:
-            raise ValueError(f"MovieLens file {str(file)!r} is empty; expected a header and rows")
-        names = tuple(h.strip() for h in lines[header].split(","))
-        if names != _LATEST_HEADER:
-            raise ValueError(
-                f"MovieLens file {str(file)!r} has header {lines[header].strip()[:80]!r}; "
-                f"expected columns {','.join(_LATEST_HEADER)}"
-            )
-        start = header + 2
-        lines = lines[header + 1 :]
-    body = [line for line in lines if line.strip()]
-    if not body:
-        raise ValueError(f"MovieLens file {str(file)!r} is empty; expected ratings lines ({what})")
-    joined = "\n".join(body)
-    flat = joined.replace(sep, " ")
-    # Four non-empty fields per line, then numbers only: anything else takes the slow path
-    # that finds the first bad line.
-    fields_ok = all(line.count(sep) == 3 for line in body)
-    empty = re.search(rf"(^|{re.escape(sep)})[ \t]*({re.escape(sep)}|$)", joined, re.M)
-    values = None
-    if fields_ok and empty is None and re.search(r"[^0-9eE+\-.\s]", flat) is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            try:
-                values = np.fromstring(flat, dtype=np.float64, sep=" ")
-            except (ValueError, DeprecationWarning):
-                values = None
-    if values is None or values.size != 4 * len(body):
-        raise ValueError(_bad_line(file, lines, start, sep, what))
-    table = values.reshape(len(body), 4)
-    ids = table[:, :2]
-    if not np.all(np.isfinite(ids)) or np.any(ids != np.round(ids)):
-        bad_rows = ~np.all(np.isfinite(ids), axis=1) | np.any(ids != np.round(ids), axis=1)
-        row = int(np.flatnonzero(bad_rows)[0])
-        raise ValueError(
-            f"MovieLens file {str(file)!r}: rating {row + 1} has user/item ids "
-            f"{ids[row].tolist()}; expected integers"
-        )
-    if not np.all(np.isfinite(table[:, 2])):
-        raise ValueError(f"MovieLens file {str(file)!r} has non-finite ratings; expected numbers")
-    ratings = from_arrays(table[:, 0], table[:, 1], table[:, 2])
-    return ratings._replace(source=str(file), format=format)
-
-
-def from_arrays(users, items, ratings) -> Ratings:
-    """A :class:`Ratings` from arrays of original user ids, item ids and ratings."""
-    users = np.asarray(users)
-    items = np.asarray(items)
-    rating = np.asarray(ratings, np.float64)
-    if not (users.shape == items.shape == rating.shape) or users.ndim != 1:
-        raise ValueError(
-            f"users, items, ratings have shapes {users.shape}, {items.shape}, {rating.shape}; "
-            "expected equal 1-d shapes"
-        )
-    if users.size == 0:
-        raise ValueError("ratings are empty; expected at least one rating")
-    user_ids, u = np.unique(users.astype(np.int64), return_inverse=True)
-    item_ids, i = np.unique(items.astype(np.int64), return_inverse=True)
-    return Ratings(u.astype(np.int32), i.astype(np.int32), rating, user_ids, item_ids, "", "")
-
-
-def write_ratings(path, ratings: Ratings, format: str, *, timestamps=None) -> Path:
-    """Write ``ratings`` (original ids) in one of :data:`FORMATS` (tests and benchmarks)."""
-    if format not in FORMATS:
-        raise ValueError(f"format is {format!r}; expected one of {tuple(FORMATS)}")
-    path = Path(path)
-    n = ratings.num_ratings
-    ts = np.arange(n, dtype=np.int64) + 978300000 if timestamps is None else timestamps
-    u = ratings.user_ids[ratings.user]
-    i = ratings.item_ids[ratings.item]
-    r = ratings.rating
-    integral = np.all(r == np.round(r)) and format != "latest"
-    rs = r.astype(np.int64).astype(str) if integral else np.char.mod("%.1f", r)
-    sep = _SEPARATORS[format]
-    rows = [
-        f"{a}{sep}{b}{sep}{c}{sep}{t}"
-        for a, b, c, t in zip(
-            u.tolist(), i.tolist(), rs.tolist(), np.asarray(ts).tolist(), strict=True
-        )
-    ]
-    head = ",".join(_LATEST_HEADER) + "\n" if format == "latest" else ""
-    path.write_text(head + "\n".join(rows) + "\n")
-    return path
-
-
-def synthetic_ratings(
-    num_users: int = 6040,
-    num_items: int = 3706,
-    num_ratings: int = 1_000_000,
-    *,
-    rank: int = 5,
-    noise_sd: float = 0.8,
-    seed: int = 0,
-    half_stars: bool = False,
-) -> Ratings:
-    """Ratings from a low-rank model, rounded to 1..5 stars (ML-1M-sized by default).
-
-    Latent user and item vectors are N(0, I/√rank) (so x·θ has unit variance); a rating is
-    round(3.6 + 0.9 (x_uᵀθ_i) + noise) clipped to [1, 5] (half stars with ``half_stars``).
-    Which (user, item) pairs are rated follows a Zipf-like popularity of items, as in real
-    data. Used by tests and benchmarks where the real data (not redistributable) are absent.
-    """
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(num_users, rank)) / rank**0.25
-    T = rng.normal(size=(num_items, rank)) / rank**0.25
-    pop = 1.0 / np.arange(1, num_items + 1) ** 0.8
-    pop = rng.permutation(pop / pop.sum())
-    num_ratings = min(int(num_ratings), num_users * num_items)
-    # Draw pairs with replacement, keep unique ones, top up until there are enough.
-    keys = np.empty(0, np.int64)
-    while keys.size < num_ratings:
-        m = int(1.3 * (num_ratings - keys.size)) + 10
-        uu = rng.integers(0, num_users, m)
-        ii = rng.choice(num_items, m, p=pop)
-        keys = np.unique(np.concatenate([keys, uu.astype(np.int64) * num_items + ii]))
-    keys = rng.permutation(keys)[:num_ratings]
-    u, i = keys // num_items, keys % num_items
-    z = np.einsum("nk,nk->n", X[u], T[i])
-    step = 2.0 if half_stars else 1.0
-    r = np.clip(np.round((3.6 + 0.9 * z + noise_sd * rng.normal(size=z.size)) * step) / step, 1, 5)
-    return from_arrays(u + 1, i + 1, r)
-
-
-# --------------------------------------------------------------------------- download
-
-
-def file_checksum(path, algorithm: str = "md5") -> str:
-    """Hex digest of a file (``algorithm`` is any :mod:`hashlib` name: md5, sha256, ...)."""
-    try:
-        h = hashlib.new(algorithm)
-    except ValueError:
-        raise ValueError(f"algorithm is {algorithm!r}; expected a hashlib name") from None
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def verify_checksum(path, expected: str, algorithm: str | None = None) -> str:
-    """Check a file's digest against ``expected``; return the digest.
-
-    ``algorithm`` defaults to MD5 for a 32-digit ``expected`` and SHA-256 for a 64-digit
-    one (the two GroupLens and mirrors publish).
-
-    Raises
-    ------
-    ValueError
-        Naming the file, the expected and the actual digest when they differ.
-    """
-    expected = str(expected).strip().lower().split()[0] if str(expected).strip() else ""
-    if algorithm is None:
-        algorithm = {32: "md5", 64: "sha256"}.get(len(expected))
-        if algorithm is None:
-            raise ValueError(
-                f"expected checksum is {expected!r}; expected 32 (MD5) or 64 (SHA-256) hex digits"
-            )
-    actual = file_checksum(path, algorithm)
-    if actual != expected:
-        raise ValueError(
-            f"file {str(path)!r} has {algorithm} {actual}; expected {expected} (a corrupt or "
-            "changed download: delete it and download again)"
-        )
-    return actual
-
-
-def _published_md5(url: str, timeout: float) -> str:
-    with urllib.request.urlopen(url + ".md5", timeout=timeout) as resp:
-        text = resp.read().decode("ascii", "replace")
-    match = re.search(r"\b[0-9a-fA-F]{32}\b", text)
-    if match is None:
-        raise ValueError(f"{url}.md5 holds no MD5 digest; got {text[:80]!r}")
-    return match.group(0).lower()
-
-
-def download(name: str, dest, *, checksum: str | None = None, timeout: float = 60.0) -> Path:
-    """Download and unpack a MovieLens archive into ``dest``; return the unpacked directory.
-
-    The archive is verified before unpacking: against ``checksum`` if given (MD5 or
-    SHA-256), else against the MD5 GroupLens publishes (:data:`DATASETS`, or the
-    ``.md5`` file next to the archive for the "latest" archives). By using the data you
-    accept the GroupLens licence (no redistribution). An existing unpacked directory is
-    reused without a download.
-    """
-    if name not in DATASETS:
-        raise ValueError(f"name is {name!r}; expected one of {', '.join(DATASETS)}")
-    url, md5 = DATASETS[name]
-    dest = Path(dest).expanduser()
-    target = dest / name
-    if target.is_dir() and any(target.iterdir()):
-        return target
-    dest.mkdir(parents=True, exist_ok=True)
-    expected = checksum or md5 or _published_md5(url, timeout)
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        archive = Path(tmp) / Path(url).name
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(archive, "wb") as fh:
-            shutil.copyfileobj(resp, fh)
-        verify_checksum(archive, expected)
-        with zipfile.ZipFile(archive) as zf:
-            for member in zf.namelist():
-                if member.startswith("/") or ".." in Path(member).parts:
-                    raise ValueError(f"archive {url} has an unsafe member {member!r}")
-            zf.extractall(dest)
-    if not target.is_dir():
-        raise ValueError(f"archive {url} did not unpack into {str(target)!r}")
-    return target
-
-
-# --------------------------------------------------------------------------- environment
 
 #: Reward noise σ of the linear MovieLens rewards (the authors' code).
 NOISE_SD = 0.5
+
 REWARDS = ("linear", "logistic")
+
 CONTEXT_KINDS = ("shared", "pool")
+
 _CACHE: dict = {}
 
 
@@ -486,7 +93,7 @@ def _ratings_key(data) -> tuple:
         for a in (data.user, data.item, data.rating):
             h.update(np.ascontiguousarray(a).tobytes())
         return ("memory", h.hexdigest())
-    file, _ = _resolve_file(data)
+    file, _ = resolve_file(data)
     st = file.stat()
     return (str(file.resolve()), st.st_size, st.st_mtime_ns)
 
@@ -501,7 +108,7 @@ def _as_ratings(data) -> tuple[Ratings, tuple]:
     if data is None:
         raise ValueError(
             "data is None; expected the path of MovieLens ratings (u.data, ratings.dat, "
-            "ratings.csv or an unpacked archive; see ppl_bandits.movielens.download)"
+            "ratings.csv or an unpacked archive; see ppl_bandits.data.movielens.download)"
         )
     key = _ratings_key(data)
     if isinstance(data, Ratings):
@@ -513,20 +120,19 @@ class MovieLensStructure(NamedTuple):
     """Embeddings and proxy structure of a ratings set (cached per data, rank, seed, L)."""
 
     embeddings: object
-    """:class:`ppl_bandits.embeddings.Embeddings`."""
+    """:class:`ppl_bandits.data.embeddings.Embeddings`."""
     movies: np.ndarray
     """(N,) indices of the movies with a training rating (the candidate actions)."""
     users: np.ndarray
     """(U',) indices of the users with a training rating (the candidate contexts)."""
     proxy: object
-    """:class:`ppl_bandits.embeddings.ProxyStructure` fit on the candidate movies' vectors."""
+    """:class:`ppl_bandits.data.embeddings.ProxyStructure` fit on the candidate movies' vectors."""
 
 
 def movielens_structure(
     data, *, rank: int = 5, num_effects: int = 5, seed: int = 0, reg: float = 0.1, holdout=0.1
 ) -> MovieLensStructure:
     """Embeddings (ALS) and GMM proxy structure of a ratings set, cached in memory."""
-    from ppl_bandits.embeddings import fit_embeddings, fit_proxy_structure
 
     ratings, key = _as_ratings(data)
     emb = _cached(
@@ -583,9 +189,6 @@ def _environment(
     import jax
     import jax.numpy as jnp
 
-    from ppl_bandits.environments import MixedEffectParams
-    from ppl_bandits.types import Environment
-
     N, d = movies.shape
     K = int(num_actions)
 
@@ -624,8 +227,6 @@ def _proxy_mixed_prior(proxy, weights, idx, noise_sd, dtype):
     """The GMM proxy meTS prior of the movies ``idx``, whose memberships are ``weights[idx]``."""
     import jax.numpy as jnp
 
-    from ppl_bandits.spec import mixed_effect_prior
-
     return mixed_effect_prior(
         jnp.asarray(proxy.mu_psi, dtype),
         jnp.asarray(proxy.sigma_psi, dtype),
@@ -653,9 +254,9 @@ def movielens_environment(
     """The MovieLens bandit of the paper's Fig. 3 with the GMM proxy prior.
 
     ``draw(key)`` returns ``(MixedEffectPrior, MixedEffectParams)`` like
-    :func:`ppl_bandits.environments.mixed_effect_environment`: ``K`` movies sampled
+    :func:`ppl_bandits.mixed_effect.environment.mixed_effect_environment`: ``K`` movies sampled
     without replacement among those with a training rating; θ_i their vectors; the prior
-    :func:`ppl_bandits.embeddings.proxy_prior` with their GMM memberships as b_i;
+    :func:`ppl_bandits.data.embeddings.proxy_prior` with their GMM memberships as b_i;
     ``params.psi`` the component means (there is no true Ψ; the prior is a proxy and is
     misspecified); ``params.pool`` ``pool_size`` random users. Contexts: a uniformly drawn
     user's vector shared by every action (``context="shared"``), or per-action users from
@@ -673,7 +274,7 @@ def movielens_environment(
     seed : int
         Seed of the held-out split, of ALS's initialisation and of the mixture fit.
     rank, reg, holdout
-        Passed to :func:`ppl_bandits.embeddings.fit_embeddings`. The embeddings and the
+        Passed to :func:`ppl_bandits.data.embeddings.fit_embeddings`. The embeddings and the
         mixture are cached per data, rank, seed (and L), so repeated calls are cheap; the
         environment itself is cached too, so the runner's compiled code is reused.
     noise_sd : float
@@ -711,21 +312,17 @@ def movielens_environment(
     return env
 
 
-# --------------------------------------------------------------------------- dTS
-
-
 class MovieLensDTSPrior(NamedTuple):
     """What the agents of the dTS MovieLens experiment are told (each reads its own part)."""
 
     diffusion: object
     """:class:`models.diffusion.DiffusionPrior`: the DDPM pre-trained on movie vectors (dTS)."""
     mixed: object
-    """:class:`ppl_bandits.spec.MixedEffectPrior`: the GMM proxy on the same vectors."""
+    """:class:`models.mixed_effect.MixedEffectPrior`: the GMM proxy on the same vectors."""
 
 
 def reading(agent, field: str):
     """``agent`` with ``init`` reading ``prior.<field>`` (an agent for one part of a prior)."""
-    from ppl_bandits.types import Agent
 
     def init(key, prior):
         return agent.init(key, getattr(prior, field))
@@ -735,7 +332,9 @@ def reading(agent, field: str):
 
 #: Pre-training defaults of the dTS MovieLens prior (paper App. G.2 trains 20,000 epochs).
 DTS_EPOCHS = 5000
+
 DTS_STEPS = 20
+
 DTS_HIDDEN = 64
 
 
@@ -745,7 +344,7 @@ class PretrainedMovies(NamedTuple):
     params: object
     """:class:`models.diffusion.MLPParams`."""
     settings: object
-    """:class:`ppl_bandits.ddpm.DDPMSettings`."""
+    """:class:`ppl_bandits.diffusion.ddpm.DDPMSettings`."""
     scale: np.ndarray
     """(d,) s: the prior and the actions live in θ/s, the contexts are x ⊙ s (exact)."""
     pretrain: np.ndarray
@@ -753,7 +352,7 @@ class PretrainedMovies(NamedTuple):
     actions: np.ndarray
     """(N, d) scaled vectors of the held-out movies the runs sample their actions from."""
     proxy: object
-    """:class:`ppl_bandits.embeddings.ProxyStructure` fit on ``pretrain``."""
+    """:class:`ppl_bandits.data.embeddings.ProxyStructure` fit on ``pretrain``."""
     action_weights: np.ndarray
     """(N, L) memberships of the action movies under that mixture."""
     losses: np.ndarray
@@ -779,7 +378,7 @@ def pretrain_movie_prior(
     """Pre-train the dTS diffusion prior on movie vectors (Aouali 2025, App. G.2).
 
     The movies with a training rating are split at random (``seed``) into halves: the
-    DDPM (:func:`ppl_bandits.ddpm.train_ddpm`) and a GMM proxy are fit on the first half
+    DDPM (:func:`ppl_bandits.diffusion.ddpm.train_ddpm`) and a GMM proxy are fit on the first half
     (at most ``pretrain_samples`` of it), the runs draw their actions from the second, so
     the prior never saw the actions' own vectors. Each dimension is divided by its
     standard deviation s over the pre-training half (and the contexts multiplied by it),
@@ -788,9 +387,6 @@ def pretrain_movie_prior(
     instead of trained, and newly trained weights are saved there.
     """
     import jax
-
-    from ppl_bandits.ddpm import DDPMSettings, load_ddpm, save_ddpm, train_ddpm
-    from ppl_bandits.embeddings import fit_proxy_structure
 
     s = movielens_structure(
         data, rank=rank, num_effects=num_effects, seed=seed, reg=reg, holdout=holdout
@@ -883,7 +479,7 @@ def movielens_dts_environment(
 
     As :func:`movielens_environment`, with actions drawn from the held-out half of
     :func:`pretrain_movie_prior`, everything in its scaled coordinates, and the prior a
-    :class:`MovieLensDTSPrior`: the DDPM's :func:`ppl_bandits.ddpm.ddpm_prior` for dTS,
+    :class:`MovieLensDTSPrior`: the DDPM's :func:`ppl_bandits.diffusion.ddpm.ddpm_prior` for dTS,
     and the GMM proxy prior of the pre-training half for meTS, LinTS and HierTS (wrap
     each agent with :func:`reading`).
     """
@@ -916,8 +512,6 @@ def movielens_dts_environment(
         import jax
         import jax.numpy as jnp
 
-        from ppl_bandits.ddpm import ddpm_prior
-
         params = jax.tree.map(lambda a: jnp.asarray(a, dtype), pre.params)
         diffusion = ddpm_prior(params, pre.settings, num_actions, noise_sd=noise_sd)
         mixed = _proxy_mixed_prior(proxy, pre.action_weights, idx, noise_sd, dtype)
@@ -939,8 +533,6 @@ def movielens_dts_environment(
     return env
 
 
-# --------------------------------------------------------------------------- experiments
-
 _FIG3 = {
     "data": None,
     "num_actions": 100,
@@ -956,6 +548,7 @@ _FIG3 = {
     "reg": 0.1,
     "holdout": 0.1,
 }
+
 _DTS = {
     **{k: v for k, v in _FIG3.items() if k != "factored_variant"},
     "reward": "linear",
@@ -965,19 +558,21 @@ _DTS = {
     "pretrain_samples": None,
     "prior_dir": None,
 }
+
 LINEAR_AGENTS = ("meTS-Lin", "meTS-Lin-Fa", "HierTS", "LinTS", "LinUCB")
+
 LOGISTIC_AGENTS = ("meTS-GLM", "meTS-GLM-Fa", "meTS-Lin", "HierTS", "GLM-TS", "UCB-GLM")
+
 DTS_AGENTS = ("dTS", "meTS-Lin", "LinTS", "HierTS")
 
 
 def _common_settings(settings: dict, name: str) -> None:
-    from ppl_bandits.experiments import check_positive_ints
 
     if settings["data"] is None:
         raise ValueError(
             f"experiment {name!r} needs the MovieLens ratings: give --data PATH (u.data, "
             "ratings.dat, ratings.csv or an unpacked archive; the licence forbids shipping "
-            "them, see ppl_bandits.movielens.download)"
+            "them, see ppl_bandits.data.movielens.download)"
         )
     check_positive_ints(settings, ("num_actions", "num_effects", "dim"))
     if settings["rank"] is None:
@@ -988,7 +583,6 @@ def _common_settings(settings: dict, name: str) -> None:
 
 def _mets_builder(reward: str, default_agents: tuple[str, ...]):
     def build(settings: dict, agents):
-        from ppl_bandits.experiments import mixed_effect_agents
 
         _common_settings(settings, f"movielens-{reward}")
         if settings["factored_variant"] not in ("mean-field", "published"):
@@ -1039,9 +633,6 @@ def _record_embeddings(settings: dict) -> None:
 
 
 def _dts_build(settings: dict, agents):
-    from ppl_bandits.agents import AGENT_NAMES, make_agent, resolve_agent_name
-    from ppl_bandits.diffusion import DIFFUSION_AGENT_NAMES, make_diffusion_agent
-    from ppl_bandits.experiments import check_positive_ints
 
     _common_settings(settings, "movielens-dts")
     if settings["reward"] not in REWARDS:
@@ -1091,7 +682,6 @@ def _dts_build(settings: dict, agents):
 
 def register_experiments(register) -> None:
     """Register movielens-linear, movielens-logistic and movielens-dts with ``register``."""
-    from ppl_bandits.experiments import ExperimentSpec
 
     register(
         ExperimentSpec(
@@ -1117,8 +707,3 @@ def register_experiments(register) -> None:
             _dts_build,
         )
     )
-    try:
-        from ppl_bandits.supervised import register_experiments as register_supervised
-    except ImportError:  # pragma: no cover - the supervised module is optional
-        return
-    register_supervised(register)

@@ -8,7 +8,7 @@ of the same model that the audits condition on.
 Contexts, each round:
 
 - ``"shared"`` (default): one x_t ~ U[-1, 1]^d, the same for every action (the model of
-  ``mixed_effect.md``).
+  ``docs/maths/mets.md``).
 - ``"pool"``: the authors' code: a pool of ``pool_size`` contexts ~ U[-1, 1]^d drawn once
   per run; every action gets its own context each round, drawn from the pool with
   replacement.
@@ -24,9 +24,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from models.mixed_effect import sample_mixed_effect_parameters
-from ppl_bandits.spec import MixedEffectPrior, fig2_prior
-from ppl_bandits.types import Environment
+from models.mixed_effect import MixedEffectPrior, fig2_prior, sample_mixed_effect_parameters
+from ppl_bandits.core.types import Environment
 
 __all__ = ["CONTEXT_KINDS", "MixedEffectParams", "mixed_effect_environment"]
 
@@ -69,7 +68,7 @@ def mixed_effect_environment(
     pool_size : int
         Size of the per-run context pool for ``context="pool"``.
     prior_fn : callable, optional
-        ``prior_fn(key) -> MixedEffectPrior``; by default :func:`ppl_bandits.spec.fig2_prior`
+        ``prior_fn(key) -> MixedEffectPrior``; by default :func:`models.mixed_effect.fig2_prior`
         with fresh weights per run.
 
     Examples

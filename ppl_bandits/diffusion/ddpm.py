@@ -46,6 +46,8 @@ from models.diffusion import (
     init_mlp,
     mlp_apply,
 )
+from ppl_bandits.plotting import subplots
+from ppl_bandits.results import collect_versions, write_json
 
 __all__ = [
     "SCHEDULES",
@@ -454,8 +456,6 @@ def pretrain(
     """
     import time
 
-    from ppl_bandits.provenance import collect_versions, write_json
-
     for name, value in (
         ("steps", num_steps),
         ("epochs", epochs),
@@ -532,7 +532,6 @@ def pretrain(
 
 
 def _plot_pretraining(path, train, model, losses, record) -> None:
-    from ppl_bandits.plotting import subplots
 
     fig, (ax, ax_loss) = subplots(1, 2, figsize=(10, 4.2))
     if train.shape[1] >= 2:

@@ -3,11 +3,17 @@
 An agent is three pure functions with the PRNG key first (BlackJAX/Optax style):
 
 - ``init(key, prior) -> state``: ``prior`` is the problem's prior specification (for the
-  mixed-effect family a :class:`ppl_bandits.spec.MixedEffectPrior`); each agent derives
+  mixed-effect family a :class:`models.mixed_effect.MixedEffectPrior`); each agent derives
   from it what it needs (LinTS its marginal prior, HierTS its one-effect prior, ...).
 - ``act(key, state, contexts) -> action``: ``contexts`` has shape ``(K, d)``, row ``i``
   being the context of action ``i`` this round (a shared context is broadcast).
 - ``update(key, state, contexts, action, reward) -> state``.
+- ``posterior(state) -> claim``: the posterior the state claims, a
+  :class:`~ppl_bandits.core.claims.GaussianClaim` (moments over a documented flattening of
+  the model's latent sites) or a :class:`~ppl_bandits.core.claims.SampledClaim` (a sampler).
+  It is defined beside the state, in the family's own module, and it is the only way
+  validation (audits, calibration, reports) and the metrics read an agent: nothing outside a
+  family reads a family's state fields. ``None`` for an agent that claims no posterior.
 
 An environment draws a problem and then serves rounds:
 
@@ -36,6 +42,8 @@ class Agent(NamedTuple):
     init: Callable[..., Any]
     act: Callable[..., Any]
     update: Callable[..., Any]
+    posterior: Callable[..., Any] | None = None
+    """state -> the claim of :mod:`ppl_bandits.core.claims` (None: no posterior is claimed)."""
 
 
 class Environment(NamedTuple):

@@ -18,7 +18,7 @@ its relative decrease falls below ``tol`` (the convergence criterion) or after
 held-out RMSE of :math:`\mu + x_u^\top\theta_i` is reported. Users or items without a
 training rating get zero vectors (``user_count``/``item_count`` say which).
 
-**Proxy structure** (Aouali, Kveton, Katariya 2023, Sec. 6 and ``mixed_effect.md``): a
+**Proxy structure** (Aouali, Kveton, Katariya 2023, Sec. 6; ``docs/maths/mets.md``): a
 Gaussian mixture with ``L`` components on the item vectors gives
 :math:`\mu_{\psi_\ell}` = the component means, :math:`b_{i\ell}` = the membership
 probabilities (responsibilities) of item :math:`i`, :math:`\breve\Sigma_0` = the diagonal
@@ -34,12 +34,15 @@ from typing import NamedTuple
 
 import numpy as np
 
+from models.mixed_effect import mixed_effect_prior
+
 __all__ = [
     "Embeddings",
     "ProxyStructure",
     "als",
     "fit_embeddings",
     "fit_proxy_structure",
+    "one_blas_thread",
     "proxy_prior",
     "split_ratings",
 ]
@@ -214,14 +217,14 @@ def fit_embeddings(
     max_iter: int = ALS_MAX_ITER,
     tol: float = ALS_TOL,
 ) -> Embeddings:
-    """Rank-``rank`` ALS embeddings of a :class:`ppl_bandits.movielens.Ratings`.
+    """Rank-``rank`` ALS embeddings of a :class:`ppl_bandits.data.movielens.Ratings`.
 
     A seeded ``holdout`` fraction of the ratings is held out; the vectors are fit on the
     rest and :attr:`Embeddings.heldout_rmse` is their RMSE on the held-out part.
 
     Examples
     --------
-    >>> from ppl_bandits.movielens import synthetic_ratings
+    >>> from ppl_bandits.experiments.movielens import synthetic_ratings
     >>> emb = fit_embeddings(synthetic_ratings(60, 40, 1200, seed=1), rank=2)
     >>> emb.user.shape, emb.item.shape, emb.converged
     ((60, 2), (40, 2), True)
@@ -229,7 +232,7 @@ def fit_embeddings(
     t0 = time.perf_counter()
     test = split_ratings(ratings.rating.shape[0], holdout, seed)
     train = ~test
-    with _one_blas_thread():
+    with one_blas_thread():
         X, T, mean, history, converged = _als_fit(ratings, train, rank, reg, seed, max_iter, tol)
 
     def rmse(mask):
@@ -253,7 +256,7 @@ def fit_embeddings(
     )
 
 
-def _one_blas_thread():
+def one_blas_thread():
     """Limit BLAS to one thread: EM and ALS are many small products, and on a busy 2-core
     machine multi-threaded BLAS made the mixture fit 35 times slower (26.8 s against
     0.76 s for 3706 five-dimensional vectors)."""
@@ -339,7 +342,7 @@ def fit_proxy_structure(
             "(the number of vectors)"
         )
     gmm = GaussianMixture(L, covariance_type="full", random_state=seed, n_init=n_init)
-    with _one_blas_thread():
+    with one_blas_thread():
         gmm.fit(v)
         memberships = gmm.predict_proba(v)
     order = np.lexsort((gmm.means_[:, 0], -gmm.weights_))
@@ -361,14 +364,12 @@ def fit_proxy_structure(
 
 
 def proxy_prior(structure: ProxyStructure, items=None, *, noise_sd=0.5, dtype=None):
-    """The :class:`ppl_bandits.spec.MixedEffectPrior` of the proxy structure.
+    """The :class:`models.mixed_effect.MixedEffectPrior` of the proxy structure.
 
     ``items`` (K,) selects the actions' rows of the membership weights (all rows by
     default).
     """
     import jax.numpy as jnp
-
-    from ppl_bandits.spec import mixed_effect_prior
 
     dtype = dtype or jnp.result_type(float)
     w = structure.weights if items is None else structure.weights[np.asarray(items)]

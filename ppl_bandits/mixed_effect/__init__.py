@@ -1,0 +1,2 @@
+"""Mixed-effect Thompson sampling (Aouali, Kveton, Katariya 2023): exact posteriors, agents,
+per-action baselines and the environment."""

@@ -1,0 +1,412 @@
+r"""Negative controls: deliberately wrong versions of a claimed posterior.
+
+An audit that cannot fail proves nothing. Every audit therefore also feeds its test a few
+*negative controls*, transformations of the claimed posterior that are known to be wrong,
+and counts the audit as meaningful only when each of them is rejected. This module is the
+one home of the generic controls; a model family adds its own through :class:`ControlSet`.
+
+A control acts on a claim from :mod:`ppl_bandits.core.claims`:
+
+=========================  ===============================  ===================================
+name                       on a :class:`GaussianClaim`      on a :class:`SampledClaim` (draws)
+=========================  ===============================  ===================================
+``covariance-x1.3``        :math:`\Sigma \to 1.3\,\Sigma`   draws scaled about their mean by
+                                                            :math:`\sqrt{1.3}`
+``mean-shift-0.5sd``       :math:`\mu_i \to \mu_i + 0.5     draws shifted by 0.5 of each
+                           \,\Sigma_{ii}^{1/2}`             coordinate's sd (from the draws)
+``correlations-dropped``   :math:`\Sigma \to                each coordinate permuted
+                           \operatorname{diag}(\Sigma)`     independently across draws
+``blocks-decoupled``       cross-site blocks of             each site's block permuted
+                           :math:`\Sigma` set to zero       independently across draws
+=========================  ===============================  ===================================
+
+Permuting a coordinate (or a site's block of coordinates) across a batch of independent
+draws keeps its marginal law and makes it independent of the rest: the product of the
+marginals, the draws analogue of a diagonal (block-diagonal) covariance.
+
+A control that leaves the claim as it is, e.g. ``blocks-decoupled`` for a claim with one
+site or ``correlations-dropped`` for a diagonal covariance, is *not applicable*: it cannot
+be rejected and must not be counted (:func:`identical_claims`).
+
+Gaussian controls accept NumPy arrays (computed in float64) or JAX arrays (computed
+with ``jax.numpy``, so they also work under ``jit`` and ``vmap`` and on batched claims).
+Sampled controls transform concrete draws in float64 NumPy and traced draws with
+``jax.numpy``; their randomness (the permutations) is derived from the sampling key.
+
+>>> import numpy as np
+>>> from ppl_bandits.core.claims import GaussianClaim
+>>> claim = GaussianClaim(np.zeros(2), np.array([[1.0, 0.5], [0.5, 4.0]]), (("a", (2,)),))
+>>> apply_control("mean-shift-0.5sd", claim).mean
+array([0.5, 1. ])
+>>> identical_claims(claim, apply_control("blocks-decoupled", claim))
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ppl_bandits.core.claims import Claim, GaussianClaim, SampledClaim, site_slices, sites_dim
+
+__all__ = [
+    "COVARIANCE_FACTOR",
+    "GENERIC_CONTROLS",
+    "MEAN_SHIFT_SD",
+    "ControlFunction",
+    "ControlSet",
+    "UnknownControlError",
+    "apply_control",
+    "gaussian_control",
+    "identical_claims",
+]
+
+#: Factor of the inflated covariance of ``covariance-x1.3``.
+COVARIANCE_FACTOR: float = 1.3
+#: Shift of ``mean-shift-0.5sd``, in posterior standard deviations (every coordinate).
+MEAN_SHIFT_SD: float = 0.5
+#: The generic controls, in the order they are run and reported.
+GENERIC_CONTROLS: tuple[str, ...] = (
+    "covariance-x1.3",
+    "mean-shift-0.5sd",
+    "correlations-dropped",
+    "blocks-decoupled",
+)
+
+#: A control: a function from a claim to a (wrong) claim of the same kind and sites.
+ControlFunction = Callable[[Claim], Claim]
+
+
+class UnknownControlError(KeyError, ValueError):
+    """A control name that is not registered (a ``KeyError`` and a ``ValueError``)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _xp(*arrays):
+    """``jax.numpy`` if any array is a JAX array (or tracer), else NumPy."""
+    return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
+
+
+def _as_float(x):
+    return x if isinstance(x, jax.Array) else np.asarray(x, dtype=np.float64)
+
+
+def _block_mask(sites) -> np.ndarray:
+    """(p, p) boolean mask of the within-site blocks of the flattened vector."""
+    p = sites_dim(sites)
+    mask = np.zeros((p, p), dtype=bool)
+    for sl in site_slices(sites).values():
+        mask[sl, sl] = True
+    return mask
+
+
+def _check_claim(claim, name: str) -> None:
+    if not isinstance(claim, GaussianClaim | SampledClaim):
+        raise ValueError(
+            f"claim is {type(claim).__name__}; control {name!r} expects a GaussianClaim or a "
+            "SampledClaim (ppl_bandits.core.claims)"
+        )
+
+
+def _wrap_sampler(claim: SampledClaim, transform) -> SampledClaim:
+    """A sampled claim whose draws are a random ``transform`` of ``claim``'s own draws.
+
+    The base draws use the same key as ``claim``'s, so the control transforms the very
+    draws the claim would give. Concrete draws are transformed in float64 NumPy with a
+    generator seeded from a key folded from ``key``; traced draws (under ``jit`` or
+    ``vmap``) with ``jax.numpy`` and that key.
+    """
+    base = claim.draw
+
+    def draw(params, key, num):
+        x = base(params, key, num)
+        sub = jax.random.fold_in(key, _SALT)
+        try:
+            concrete = np.asarray(x, dtype=np.float64)
+            bits = np.asarray(_key_bits(sub)).ravel()
+        except jax.errors.TracerArrayConversionError:
+            return transform(jnp, sub, jnp.asarray(x))
+        return transform(np, np.random.default_rng([int(b) for b in bits]), concrete)
+
+    return SampledClaim(draw, claim.params, claim.sites)
+
+
+_SALT = 0x5EED
+
+
+def _key_bits(key):
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(key)
+    return key
+
+
+def _scaled(xp, _rng, x):
+    m = x.mean(axis=0)
+    return m + math.sqrt(COVARIANCE_FACTOR) * (x - m)
+
+
+def _shifted(xp, _rng, x):
+    return x + MEAN_SHIFT_SD * x.std(axis=0)
+
+
+def _permuted(groups: tuple[tuple[int, ...], ...], xp, rng, x):
+    """Permute the rows of each column group of ``x`` (n, p) independently."""
+    n = x.shape[0]
+    if xp is np:
+        out = x.copy()
+        for cols in groups:
+            out[:, list(cols)] = x[rng.permutation(n)][:, list(cols)]
+        return out
+    out = x
+    for k, cols in zip(jax.random.split(rng, len(groups)), groups, strict=True):
+        idx = np.asarray(cols)
+        out = out.at[:, idx].set(x[jax.random.permutation(k, n)][:, idx])
+    return out
+
+
+# --------------------------------------------------------------------------- controls
+
+
+def _covariance_inflated(claim: Claim) -> Claim:
+    if isinstance(claim, GaussianClaim):
+        return GaussianClaim(claim.mean, _as_float(claim.cov) * COVARIANCE_FACTOR, claim.sites)
+    return _wrap_sampler(claim, _scaled)
+
+
+def _mean_shifted(claim: Claim) -> Claim:
+    if isinstance(claim, GaussianClaim):
+        mean, cov = _as_float(claim.mean), _as_float(claim.cov)
+        xp = _xp(mean, cov)
+        sd = xp.sqrt(xp.diagonal(cov, axis1=-2, axis2=-1))
+        return GaussianClaim(mean + MEAN_SHIFT_SD * sd, cov, claim.sites)
+    return _wrap_sampler(claim, _shifted)
+
+
+def _correlations_dropped(claim: Claim) -> Claim:
+    p = sites_dim(claim.sites)
+    if isinstance(claim, GaussianClaim):
+        cov = _as_float(claim.cov)
+        xp = _xp(cov)
+        return GaussianClaim(claim.mean, cov * xp.eye(p, dtype=cov.dtype), claim.sites)
+    if p == 1:
+        return claim
+    groups = tuple((j,) for j in range(p))
+    return _wrap_sampler(claim, partial(_permuted, groups))
+
+
+def _blocks_decoupled(claim: Claim) -> Claim:
+    if len(claim.sites) < 2:
+        return claim
+    if isinstance(claim, GaussianClaim):
+        cov = _as_float(claim.cov)
+        xp = _xp(cov)
+        return GaussianClaim(claim.mean, xp.where(_block_mask(claim.sites), cov, 0.0), claim.sites)
+    groups = tuple(tuple(range(sl.start, sl.stop)) for sl in site_slices(claim.sites).values())
+    return _wrap_sampler(claim, partial(_permuted, groups))
+
+
+_GENERIC: dict[str, ControlFunction] = {
+    "covariance-x1.3": _covariance_inflated,
+    "mean-shift-0.5sd": _mean_shifted,
+    "correlations-dropped": _correlations_dropped,
+    "blocks-decoupled": _blocks_decoupled,
+}
+
+
+# --------------------------------------------------------------------------- registry
+
+
+class ControlSet(Mapping[str, ControlFunction]):
+    """An ordered, immutable registry of negative controls: name -> ``callable(claim) -> claim``.
+
+    ``ControlSet.generic()`` holds :data:`GENERIC_CONTROLS`; a model family adds its own
+    with ``ControlSet.generic({"published-factored-mean": fn})`` or
+    :meth:`extended`. Looking up an unknown name raises :class:`UnknownControlError`
+    (a ``ValueError`` and a ``KeyError``) that lists the known names.
+
+    Parameters
+    ----------
+    controls : mapping of str to callable, optional
+        The controls, in order. Each callable takes a claim and returns a claim of the same
+        kind over the same sites; returning the claim itself (or one with identical
+        moments) marks the control as not applicable to that claim.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ppl_bandits.core.claims import GaussianClaim
+    >>> halve = lambda c: GaussianClaim(c.mean, 0.5 * c.cov, c.sites)
+    >>> controls = ControlSet.generic({"covariance-x0.5": halve})
+    >>> list(controls)[-1], len(controls)
+    ('covariance-x0.5', 5)
+    >>> claim = GaussianClaim(np.zeros(1), np.eye(1), (("mu", ()),))
+    >>> controls.apply("covariance-x0.5", claim).cov
+    array([[0.5]])
+    """
+
+    __slots__ = ("_controls",)
+
+    def __init__(self, controls: Mapping[str, ControlFunction] | None = None):
+        items = dict(controls or {})
+        for name, fn in items.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"controls has the name {name!r}; expected non-empty strings")
+            if not callable(fn):
+                raise ValueError(
+                    f"controls[{name!r}] is {type(fn).__name__}; expected a callable(claim) -> "
+                    "claim"
+                )
+        self._controls = items
+
+    @classmethod
+    def generic(cls, extra: Mapping[str, ControlFunction] | None = None) -> ControlSet:
+        """The generic controls, followed by ``extra`` (family-specific) ones."""
+        return cls(_GENERIC).extended(extra or {})
+
+    def extended(self, extra: Mapping[str, ControlFunction]) -> ControlSet:
+        """A new set with ``extra`` appended; a name already present raises ``ValueError``."""
+        clash = [name for name in extra if name in self._controls]
+        if clash:
+            raise ValueError(
+                f"extra has the controls {clash}, which are already registered; expected new "
+                f"names (registered: {list(self._controls)})"
+            )
+        return ControlSet({**self._controls, **dict(extra)})
+
+    def __getitem__(self, name: str) -> ControlFunction:
+        try:
+            return self._controls[name]
+        except (KeyError, TypeError):
+            raise UnknownControlError(
+                f"negative control {name!r} is unknown; expected one of {list(self._controls)}"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._controls)
+
+    def __len__(self) -> int:
+        return len(self._controls)
+
+    def __repr__(self) -> str:
+        return f"ControlSet({list(self._controls)})"
+
+    def apply(self, name: str, claim: Claim) -> Claim:
+        """The control ``name`` applied to ``claim``."""
+        fn = self[name]
+        _check_claim(claim, name)
+        out = fn(claim)
+        if not isinstance(out, type(claim)):
+            raise ValueError(
+                f"control {name!r} returned {type(out).__name__}; expected a "
+                f"{type(claim).__name__} like the claim it was given"
+            )
+        if tuple(out.sites) != tuple(claim.sites):
+            raise ValueError(
+                f"control {name!r} returned a claim over the sites {out.sites}; expected the "
+                f"claim's sites {claim.sites}"
+            )
+        return out
+
+
+_GENERIC_SET = ControlSet(_GENERIC)
+
+
+def apply_control(name: str, claim: Claim) -> Claim:
+    """Apply the generic control ``name`` (one of :data:`GENERIC_CONTROLS`) to ``claim``.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`GENERIC_CONTROLS`.
+    claim : GaussianClaim or SampledClaim
+        The claim to make wrong. A :class:`SampledClaim` control draws the claim's own
+        draws with the same key and transforms them.
+
+    Returns
+    -------
+    GaussianClaim or SampledClaim
+        Of the same kind and sites; ``claim`` itself when the control does not apply
+        (``blocks-decoupled`` with one site, ``correlations-dropped`` with one coordinate).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is unknown (:class:`UnknownControlError`, listing the known controls)
+        or ``claim`` is not a claim.
+    """
+    return _GENERIC_SET.apply(name, claim)
+
+
+def gaussian_control(name: str, mean, cov, sites) -> tuple[np.ndarray, np.ndarray]:
+    """The generic control ``name`` of the Gaussian claim N(mean, cov), as float64 arrays.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`GENERIC_CONTROLS`.
+    mean : array_like, shape (p,)
+    cov : array_like, shape (p, p)
+    sites : sequence of (name, shape)
+        The flattening of the latent vector (:data:`ppl_bandits.core.claims.Sites`).
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        The control's mean (p,) and covariance (p, p).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cov = np.array([[1.0, 0.3, 0.2], [0.3, 1.0, 0.1], [0.2, 0.1, 1.0]])
+    >>> _, c = gaussian_control("blocks-decoupled", np.zeros(3), cov, (("a", (2,)), ("b", ())))
+    >>> c
+    array([[1. , 0.3, 0. ],
+           [0.3, 1. , 0. ],
+           [0. , 0. , 1. ]])
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    cov = np.asarray(cov, dtype=np.float64)
+    claim = GaussianClaim(mean, cov, sites)
+    p = claim.dim
+    if mean.shape != (p,) or cov.shape != (p, p):
+        raise ValueError(
+            f"mean has shape {mean.shape} and cov {cov.shape}; expected ({p},) and ({p}, {p}) "
+            f"for sites {claim.sites}"
+        )
+    out = apply_control(name, claim)
+    return np.asarray(out.mean, dtype=np.float64), np.asarray(out.cov, dtype=np.float64)
+
+
+def identical_claims(claim: Claim, control: Claim, *, rtol: float = 1e-10) -> bool:
+    """Whether ``control`` is the claim unchanged, so that it is not applicable.
+
+    True when ``control`` is ``claim`` itself, or when both are Gaussian with the same
+    sites and means and covariances equal to within ``rtol`` (relative to the largest
+    entry). Two distinct sampled claims are never considered identical.
+    """
+    if control is claim:
+        return True
+    if not (isinstance(claim, GaussianClaim) and isinstance(control, GaussianClaim)):
+        return False
+    if tuple(claim.sites) != tuple(control.sites):
+        return False
+    pairs: list[tuple[Any, Any]] = [(claim.mean, control.mean), (claim.cov, control.cov)]
+    for a, b in pairs:
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if a.shape != b.shape:
+            return False
+        scale = max(float(np.max(np.abs(a), initial=0.0)), 1e-300)
+        if not np.allclose(a, b, rtol=0.0, atol=rtol * scale):
+            return False
+    return True
