@@ -160,7 +160,7 @@ def simulate(
 
     Examples
     --------
-    >>> from ppl_bandits.mixed_effect.agents import lin_ts
+    >>> from ppl_bandits.mixed_effect.baselines import lin_ts
     >>> from ppl_bandits.mixed_effect.environment import mixed_effect_environment
     >>> res = simulate(jax.random.key(0), mixed_effect_environment(5, 2, 2), lin_ts(),
     ...                num_rounds=20, num_runs=3)

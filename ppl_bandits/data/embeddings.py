@@ -224,7 +224,7 @@ def fit_embeddings(
 
     Examples
     --------
-    >>> from ppl_bandits.experiments.movielens import synthetic_ratings
+    >>> from ppl_bandits.data.movielens import synthetic_ratings
     >>> emb = fit_embeddings(synthetic_ratings(60, 40, 1200, seed=1), rank=2)
     >>> emb.user.shape, emb.item.shape, emb.converged
     ((60, 2), (40, 2), True)

@@ -282,6 +282,7 @@ def dts(
 
     Examples
     --------
+    >>> from models.diffusion import diffusion_prior
     >>> p = diffusion_prior(jnp.eye(2)[None], jnp.eye(2), num_actions=4, links=jnp.eye(2)[None])
     >>> agent = dts()
     >>> state = agent.init(jax.random.key(0), p)

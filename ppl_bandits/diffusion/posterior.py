@@ -129,6 +129,7 @@ def diffusion_stats(
 
     With ``shared`` every round goes to the single slot 0 (``contexts`` are φ(x, a)).
 
+    >>> from models.diffusion import diffusion_prior
     >>> p = diffusion_prior(jnp.eye(2)[None], jnp.eye(2), num_actions=3, links=jnp.eye(2)[None])
     >>> s = diffusion_stats(p, jnp.array([[1.0, 2.0]]), jnp.array([1]), jnp.array([3.0]))
     >>> s.B[1], s.count
@@ -345,6 +346,7 @@ def diffusion_posterior(prior: DiffusionPrior, stats: SufficientStats) -> Diffus
     --------
     With no data it is the prior:
 
+    >>> from models.diffusion import diffusion_prior
     >>> p = diffusion_prior(2 * jnp.eye(2)[None], jnp.eye(2), num_actions=3,
     ...                     links=jnp.eye(2)[None])
     >>> post = diffusion_posterior(p, empty_diffusion_stats(p))
@@ -519,6 +521,7 @@ def descend(key, prior: DiffusionPrior, lat: LatentTerms, cond_feed, shift, cond
 def sample_posterior(key, prior: DiffusionPrior, stats: SufficientStats, method: str | None = None):
     """One draw (ψ (L, d), θ (K, d)) from the recursion's posterior (exact or dTS).
 
+    >>> from models.diffusion import diffusion_prior
     >>> p = diffusion_prior(jnp.eye(2)[None], jnp.eye(2), num_actions=3, links=jnp.eye(2)[None])
     >>> psi, theta = sample_posterior(jax.random.key(0), p, empty_diffusion_stats(p))
     >>> psi.shape, theta.shape

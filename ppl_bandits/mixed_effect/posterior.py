@@ -115,6 +115,7 @@ def effect_posterior(prior: MixedEffectPrior, stats: SufficientStats) -> Gaussia
 
     >>> from models.mixed_effect import fig2_prior
     >>> p = fig2_prior(jax.random.key(0), 5)
+    >>> from ppl_bandits.core.likelihood import empty_stats
     >>> q = effect_posterior(p, empty_stats(p))
     >>> bool(jnp.allclose(q.cov, p.sigma_psi)), bool(jnp.allclose(q.mean, p.mu_psi))
     (True, True)
