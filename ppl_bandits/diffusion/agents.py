@@ -12,11 +12,16 @@ import jax.numpy as jnp
 from models.diffusion import DiffusionPrior, apply_link
 from ppl_bandits.core.claims import GaussianClaim, SampledClaim
 from ppl_bandits.core.laplace import NEWTON_MAX_ITER, NEWTON_TOL, laplace_terms
-from ppl_bandits.core.likelihood import History, SufficientStats, history_add, history_init
-from ppl_bandits.core.linalg import chol_inverse, inverse_and_sqrt
+from ppl_bandits.core.likelihood import (
+    History,
+    SufficientStats,
+    check_likelihood,
+    history_add,
+    history_init,
+)
+from ppl_bandits.core.linalg import chol_inverse, inverse_and_sqrt, sym
 from ppl_bandits.core.types import Agent
 from ppl_bandits.diffusion.posterior import (
-    LIKELIHOODS,
     METHODS,
     LatentTerms,
     descend,
@@ -28,7 +33,6 @@ from ppl_bandits.diffusion.posterior import (
     resolve_method,
     sample_posterior,
     structural_gaussian,
-    sym,
     upward_recursion,
 )
 from ppl_bandits.mixed_effect.agents import mets
@@ -36,7 +40,6 @@ from ppl_bandits.mixed_effect.agents import mets
 __all__ = [
     "DIFFUSION_AGENT_NAMES",
     "DTSState",
-    "check_likelihood",
     "diffusion_sites",
     "dts",
     "dts_approximation_claim",
@@ -111,16 +114,6 @@ class DTSState(NamedTuple):
     """Round buffer (logistic agents), else None."""
     newton_failures: jax.Array
     """() number of updates whose Newton iteration did not converge."""
-
-
-def check_likelihood(likelihood, horizon):
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"likelihood is {likelihood!r}; expected one of {LIKELIHOODS}")
-    if likelihood == "logistic" and (horizon is None or int(horizon) < 1):
-        raise ValueError(
-            f"horizon is {horizon!r}; logistic agents need the number of rounds (>= 1) "
-            "to size their history buffer"
-        )
 
 
 def _dts_init(key, prior: DiffusionPrior, likelihood, horizon, shared, method) -> DTSState:

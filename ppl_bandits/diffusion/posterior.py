@@ -46,7 +46,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import cho_solve, solve_triangular
+from jax.scipy.linalg import cho_solve
 
 from models.diffusion import (
     DiffusionPrior,
@@ -56,11 +56,17 @@ from models.diffusion import (
 from models.mixed_effect import mixed_effect_prior
 from ppl_bandits.core.laplace import NEWTON_MAX_ITER, NEWTON_TOL, laplace_terms
 from ppl_bandits.core.likelihood import SufficientStats
-from ppl_bandits.core.linalg import Gaussian, block_diag, chol_inverse, inverse_and_sqrt
+from ppl_bandits.core.linalg import (
+    Gaussian,
+    block_diag,
+    chol_inverse,
+    inverse_and_sqrt,
+    mvn_logpdf,
+    sym,
+)
 from ppl_bandits.mixed_effect.posterior import ActionTerms, action_terms
 
 __all__ = [
-    "LIKELIHOODS",
     "METHODS",
     "DiffusionPosterior",
     "LatentTerms",
@@ -80,24 +86,16 @@ __all__ = [
     "log_posterior_density",
     "marginal_action_prior",
     "marginal_mixed_effect_prior",
-    "mvn_logpdf",
     "recursion_gaussian",
     "recursive_joint_posterior",
     "resolve_method",
     "sample_posterior",
     "structural_gaussian",
-    "sym",
     "upward_recursion",
 ]
 
 
 METHODS = ("exact", "dts")
-
-LIKELIHOODS = ("gaussian", "logistic")
-
-
-def sym(A):
-    return 0.5 * (A + jnp.swapaxes(A, -1, -2))
 
 
 def resolve_method(prior: DiffusionPrior, method: str | None) -> str:
@@ -462,14 +460,6 @@ def joint_posterior(
     mean = p0.mean + gain_T.T @ (y - H @ p0.mean)
     cov = p0.cov - CH @ gain_T
     return Gaussian(mean, sym(cov))
-
-
-def mvn_logpdf(x, mean, cov):
-    chol = jnp.linalg.cholesky(cov)
-    z = solve_triangular(chol, (x - mean)[..., None], lower=True)[..., 0]
-    p = x.shape[-1]
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
-    return -0.5 * (jnp.sum(z**2, -1) + logdet + p * jnp.log(2 * jnp.pi))
 
 
 def log_posterior_density(

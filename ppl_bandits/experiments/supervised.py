@@ -35,6 +35,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+import scipy.linalg
 
 from models.mixed_effect import mixed_effect_prior
 from ppl_bandits.core.types import Agent, Environment
@@ -48,7 +49,6 @@ from ppl_bandits.mixed_effect.baselines import lin_ts
 __all__ = [
     "SupervisedParams",
     "SupervisedPrior",
-    "block_diag",
     "lifted",
     "register_experiments",
     "supervised_environment",
@@ -91,7 +91,7 @@ def _gaussian_priors(task: SupervisedTask, noise_sd: float, dtype):
     eye = np.eye(K)
     mixed = mixed_effect_prior(
         jnp.asarray(m.reshape(-1), dtype),
-        jnp.asarray(0.75 * block_diag(C), dtype),
+        jnp.asarray(0.75 * scipy.linalg.block_diag(*C), dtype),
         weights=jnp.asarray(eye, dtype),
         sigma0=jnp.asarray(0.25 * C, dtype),
         noise_sd=noise_sd,
@@ -105,14 +105,6 @@ def _gaussian_priors(task: SupervisedTask, noise_sd: float, dtype):
         noise_sd=noise_sd,
     )
     return mixed, hier
-
-
-def block_diag(blocks):
-    K, p, _ = blocks.shape
-    out = np.zeros((K * p, K * p))
-    for k in range(K):
-        out[k * p : (k + 1) * p, k * p : (k + 1) * p] = blocks[k]
-    return out
 
 
 def supervised_environment(task: SupervisedTask, *, noise_sd: float = NOISE_SD):
