@@ -1,4 +1,4 @@
-r"""NumPyro model of the linear-Gaussian contextual bandit: the Bayesian reference for LinTS.
+r"""NumPyro model of the linear-Gaussian contextual bandit: the reference for LinTS-shared.
 
 .. math::
 
@@ -9,8 +9,8 @@ with one shared parameter :math:`\theta^* \in \mathbb{R}^d` for every arm; ``x_t
 context of the arm played in round ``t``. Sites: ``theta`` (d,), ``y`` (n,).
 
 One :class:`LinearBanditPrior` feeds this model and the closed-form posterior of
-:func:`ppl_bandits.linear_contextual.baselines.lin_ts`, so the two cannot drift apart. With
-``rewards=None`` the model is the prior predictive (it simulates rewards).
+:func:`ppl_bandits.linear_contextual.baselines.shared_lin_ts`, so the two cannot drift apart.
+With ``rewards=None`` the model is the prior predictive (it simulates rewards).
 """
 
 from __future__ import annotations

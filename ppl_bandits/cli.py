@@ -21,22 +21,20 @@ import sys
 import time
 from pathlib import Path
 
+from ppl_bandits.data.history import load_history
 from ppl_bandits.diffusion.ddpm import pretrain
 from ppl_bandits.experiments.ablation import ablation_value, run_ablation, write_ablation
 from ppl_bandits.experiments.catalog import list_experiments, run_experiment
 from ppl_bandits.experiments.report import write_simulation_report
 from ppl_bandits.results import collect_versions, command_line, prepare_out_dir, write_json
 from ppl_bandits.runtime import configure_cpu
-from validation.audit import AUDIT_FAMILIES, run_audit
-from validation.calibration import (
-    calibration_table,
-    run_calibration,
-    write_calibration,
-    write_calibration_table,
-)
+from validation.audit import run_audit
+from validation.calibration import calibration_table, run_calibration
+from validation.calibration_report import write_calibration, write_calibration_table
 from validation.coupling import run_coupling_checks, write_coupling_report
 from validation.diffusion_study import run_diffusion_study, write_diffusion_study
 from validation.discrepancy_study import run_discrepancy_study, write_discrepancy_study
+from validation.families import AUDIT_FAMILIES
 from validation.report import CheckpointPanel, write_audit_report
 
 __all__ = ["build_parser", "main"]
@@ -303,6 +301,12 @@ def _audit_arguments(p: argparse.ArgumentParser, *, out_default: str) -> None:
         help="draws that represent a non-Gaussian claimed posterior (dTS, neural links)",
     )
     p.add_argument("--data", help="mixed-effect: path of a real data set (MovieLens)")
+    p.add_argument(
+        "--history",
+        help="audit the agent after a recorded history instead of a simulated one: a CSV "
+        "(context columns, action, reward) or .npz (contexts, actions, rewards) file; "
+        "--rounds becomes its length",
+    )
     p.add_argument("--out", default=out_default)
 
 
@@ -332,8 +336,11 @@ def _audit(args, command: str) -> int:
         ddpm_steps=args.ddpm_steps,
         posterior_samples=args.posterior_samples,
         data=args.data,
+        history=None if args.history is None else load_history(args.history),
         out_dir=args.out,
     )
+    if args.history is not None:
+        outcome.record["history"]["file"] = str(args.history)
     record = outcome.record | {
         "wall_seconds": time.perf_counter() - t0,
         "command": command,

@@ -12,7 +12,8 @@ from ppl_bandits.cli import main
 from ppl_bandits.core.likelihood import stats_from_history
 from ppl_bandits.mixed_effect.catalog import make_agent
 from ppl_bandits.mixed_effect.posterior import hierarchical_joint_posterior
-from validation.audit import NEGATIVE_CONTROLS, claimed_posterior, run_audit
+from validation.audit import run_audit
+from validation.families import NEGATIVE_CONTROLS, claimed_posterior
 
 SMALL = [
     "--K",

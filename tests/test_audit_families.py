@@ -1,4 +1,4 @@
-"""The audit beyond the mixed-effect model: LinTS on the linear bandit, dTS on linear and
+"""The audit beyond the mixed-effect model: LinTS-shared on the linear bandit, dTS on linear and
 neural diffusion priors. Each exact audit passes and rejects every negative control; the
 claimed posteriors read from the agents' states equal the closed forms; the neural
 audit gives a report; bad arguments are named."""
@@ -17,7 +17,9 @@ from ppl_bandits.core.likelihood import SufficientStats
 from ppl_bandits.diffusion.agents import dts
 from ppl_bandits.diffusion.posterior import joint_posterior, recursive_joint_posterior
 from ppl_bandits.mixed_effect.environment import mixed_effect_environment
-from validation.audit import (
+from validation.audit import run_audit
+from validation.diffusion_study import exact_gaussian_posterior, sample_discrepancy
+from validation.families import (
     AUDIT_FAMILIES,
     DIFFUSION_LINEAR_CONTROLS,
     LINEAR_BANDIT_CONTROLS,
@@ -25,9 +27,7 @@ from validation.audit import (
     diffusion_sem_posterior,
     dts_posterior_samples,
     list_audit_models,
-    run_audit,
 )
-from validation.diffusion_study import exact_gaussian_posterior, sample_discrepancy
 
 DTYPE = jnp.float64 if X64 else jnp.float32
 #: Tiny NUTS (4 chains of 400 draws after 300 warm-up), the size of tests/test_audit.py.
@@ -110,7 +110,7 @@ def test_dts_posterior_samples_match_the_claimed_gaussian(played):
     assert np.max(np.abs(shifted)) > 5  # the control: a 0.05 sd shift is visible
 
 
-def test_linear_bandit_audit_passes_lints_and_rejects_every_control(tmp_path, capsys):
+def test_linear_bandit_audit_passes_shared_lints_and_rejects_every_control(tmp_path, capsys):
     out = tmp_path / "lin"
     rc = main(
         [
@@ -118,7 +118,7 @@ def test_linear_bandit_audit_passes_lints_and_rejects_every_control(tmp_path, ca
             "--model",
             "linear-bandit",
             "--agent",
-            "lints",
+            "lints-shared",
             "--d",
             "2",
             "--N",
@@ -138,7 +138,7 @@ def test_linear_bandit_audit_passes_lints_and_rejects_every_control(tmp_path, ca
     printed = capsys.readouterr().out
     assert rc == 0, printed
     record = json.loads((out / "audit.json").read_text())
-    assert record["model"] == "linear-bandit" and record["agent"] == "LinTS"
+    assert record["model"] == "linear-bandit" and record["agent"] == "LinTS-shared"
     assert record["exact"] is True and record["verdict"] == "pass"
     assert record["settings"]["num_arms"] == 4
     controls = record["negative_controls"]
@@ -244,22 +244,22 @@ def test_every_model_is_registered():
     [
         ({"model": "diffusion-quadratic"}, r"model is 'diffusion-quadratic'; expected one of"),
         (
-            {"model": "diffusion-linear", "agent": "LinTS"},
-            r"agent is 'LinTS'; expected one of dTS for model diffusion-linear "
-            r"\(LinTS is audited with model linear-bandit\)",
+            {"model": "diffusion-linear", "agent": "LinTS-shared"},
+            r"agent is 'LinTS-shared'; expected one of dTS for model diffusion-linear "
+            r"\(LinTS-shared is audited with model linear-bandit\)",
         ),
         (
             {"model": "linear-bandit", "agent": "meTS-Lin"},
-            r"agent is 'meTS-Lin'; expected one of LinTS for model linear-bandit",
+            r"agent is 'meTS-Lin'; expected one of LinTS-shared for model linear-bandit",
         ),
         (
-            {"model": "linear-bandit", "agent": "LinTS", "parameterization": "noncentered"},
+            {"model": "linear-bandit", "agent": "LinTS-shared", "parameterization": "noncentered"},
             r"parameterization is 'noncentered'; expected one of auto, centered",
         ),
         ({"model": "diffusion-linear", "agent": "dTS", "prior": "ddpm"}, r"prior is 'ddpm'"),
         ({"model": "diffusion-neural", "agent": "dTS", "prior": "gan"}, r"prior is 'gan'"),
         ({"model": "diffusion-neural", "agent": "dTS", "num_arms": 0}, r"num_arms is 0"),
-        ({"model": "linear-bandit", "agent": "LinTS", "data": "x.csv"}, r"data is 'x.csv'"),
+        ({"model": "linear-bandit", "agent": "LinTS-shared", "data": "x.csv"}, r"data is 'x.csv'"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, message):
@@ -272,7 +272,7 @@ def test_an_environment_of_the_wrong_family_is_refused():
     with pytest.raises(ValueError, match=r"environment draws a MixedEffectPrior; model "):
         run_audit(
             "linear-bandit",
-            "LinTS",
+            "LinTS-shared",
             rounds=2,
             checkpoints=[2],
             environment=mixed_effect_environment(2, 1, 2),

@@ -12,13 +12,10 @@ from scipy import stats
 from conftest import CALIBRATION_RECORD_KEYS, EXACT_RTOL, X64
 from ppl_bandits.cli import main
 from validation import calibration
-from validation.audit import claimed_posterior, negative_control
 from validation.calibration import (
     ALPHA,
     NEGATIVE_CONTROLS,
     POSTERIORS,
-    _band,
-    _diffusion_pits,
     _pits,
     _simulate,
     calibrate_nuts,
@@ -27,8 +24,10 @@ from validation.calibration import (
     power_curve,
     run_calibration,
     write_calibration,
-    write_calibration_table,
 )
+from validation.calibration_report import write_calibration_table
+from validation.ecdf import ecdf_band
+from validation.families import claimed_posterior, negative_control
 
 #: The module's default study size (K=10, L=2, d=2, 200 replications of 100 rounds).
 DEFAULT = {}
@@ -113,7 +112,7 @@ def test_batched_pits_are_the_audit_gaussians(agent, kind, controls):
     K, L, d = 4, 2, 2
     state, params = _simulate(agent, "mixed-effect-linear", K, L, d, 20, 3, 0, jax.devices())
     for control in controls:
-        u, chi2, labels, _ = _pits(state, params, kind, control, K=K, d=d)
+        u, chi2, labels, _ = _pits(agent, state, params, control, rounds=20)
         assert len(labels) == L * d + K * d
         for r in range(3):
             one = jax.tree.map(lambda a, r=r: a[r], state)
@@ -142,7 +141,7 @@ def test_uniformity_test_holds_its_level_and_matches_the_arviz_band():
     assert abs(np.mean(rejected) - alpha) <= 4 * mcse
     # The simultaneous band agrees with ArviZ's optimized band to one count at its edge.
     n = 200
-    z, lower, upper = _band(n, alpha)
+    z, lower, upper = ecdf_band(n, alpha)
     lo, hi = ecdf_confidence_band(n, z, z, prob=1 - alpha, method="optimized")
     assert np.abs(lower - lo).max() * n <= 1 + 1e-9
     assert np.abs(upper - hi).max() * n <= 1 + 1e-9
@@ -191,7 +190,7 @@ def test_dts_pits_are_the_joint_gaussian_of_the_recursions():
     state, params = jax.tree.map(lambda a: a[:R], (state, params))
     assert state.count.sum(axis=1).tolist() == [n] * R
     for control in [None, "covariance-x1.3", "mean-shift-0.5sd"]:
-        u, chi2, labels, _ = _diffusion_pits(state, params, "dTS", control)
+        u, chi2, labels, _ = _pits("dTS", state, params, control, rounds=n)
         assert labels[0] == "psi[1, 0]" and len(labels) == (L + K) * d
         for r in range(R):
             one = jax.tree.map(lambda a, r=r: a[r], state)

@@ -25,7 +25,7 @@ from ppl_bandits.linear_contextual.metrics import (
 )
 from tests.conftest import EXACT_RTOL, X64
 
-AGENTS = ("HCSA+TS", "LinTS", "LinUCB", "DRTS", "HyRan", "SupLinUCB")
+AGENTS = ("HCSA+TS", "LinTS-shared", "LinUCB-shared", "DRTS", "HyRan", "SupLinUCB")
 
 
 # ---------------------------------------------------------------------------------------
@@ -62,7 +62,7 @@ def test_cli_runs_hcsa_and_writes_regret_and_prediction_error(tmp_path, capsys):
         (["--K", "3"], "does not take num_actions"),
         (["--set", "bogus=1"], "does not take bogus"),
         (["--set", "kind=sideways"], "kind is 'sideways'"),
-        (["--agents", "LinTS,Oracle"], "agent is 'Oracle'"),
+        (["--agents", "LinTS-shared,Oracle"], "agent is 'Oracle'"),
         (["--set", "error_draws=0"], "error_draws is 0"),
         (["--mask-prob", "1.5"], "mask_prob is 1.5"),
     ],
@@ -82,6 +82,17 @@ def test_registered_variants_and_defaults():
     assert build_experiment("hcsa-drift", num_rounds=10)[2]["kind"] == "drift"
     _, _, s = build_experiment("hcsa-low-rank", num_rounds=10, dim=8)
     assert s["kind"] == "low_rank" and s["rank"] == 2
+
+
+def test_agent_names_are_case_insensitive_and_per_action_names_are_refused():
+    names = [a.name for a in hcsa_experiment_agents(horizon=10, names=["lints-SHARED", "hcsa+ts"])]
+    assert names == ["LinTS-shared", "HCSA+TS"]
+    # LinTS and LinUCB are the per-action baselines of the mixed-effect family, not these.
+    for name in ("LinTS", "LinUCB"):
+        with pytest.raises(ValueError, match=rf"^agent is '{name}'; expected one of HCSA\+TS, "):
+            hcsa_experiment_agents(horizon=10, names=[name])
+    with pytest.raises(ValueError, match=r"LinTS-shared, LinUCB-shared, DRTS, HyRan, SupLinUCB$"):
+        hcsa_experiment_agents(horizon=10, names=["LinTS"])
 
 
 def test_checkpoint_rounds_divide_the_horizon():
@@ -158,8 +169,8 @@ def test_point_estimate_is_each_agents_estimator(rng):
 
     expected = {
         "HCSA+TS": (state_of("HCSA+TS", gram=G, moment=m), np.linalg.solve(G, m)),
-        "LinTS": (state_of("LinTS", precision=G, moment=m), np.linalg.solve(G, m)),
-        "LinUCB": (state_of("LinUCB", gram=G, moment=m), np.linalg.solve(G, m)),
+        "LinTS-shared": (state_of("LinTS-shared", precision=G, moment=m), np.linalg.solve(G, m)),
+        "LinUCB-shared": (state_of("LinUCB-shared", gram=G, moment=m), np.linalg.solve(G, m)),
         "DRTS": (  # λ√t with λ = 1 after t rounds
             state_of("DRTS", gram_all=G, moment=m, round=t),
             np.linalg.solve(G + math.sqrt(t) * eye, m),
@@ -210,7 +221,7 @@ def test_prediction_error_equals_a_direct_computation():
     env = hcsa_environment(
         d=3, N=20, kind="drift", mask_prob=0.5, mask_dims=1, drift_amplitude=3.0, drift_period=4.0
     )
-    agent = hcsa_experiment_agents(horizon=6, names=["LinTS"])[0]
+    agent = hcsa_experiment_agents(horizon=6, names=["LinTS-shared"])[0]
     key = jax.random.key(3)
     problems = draw_problems(key, env, 2)
     res = simulate(key, env, agent, num_rounds=6, num_runs=2, problems=problems, checkpoints=(3, 6))
@@ -238,7 +249,7 @@ def test_prediction_error_equals_a_direct_computation():
                 out[r, c] = np.mean(errs)
         return out
 
-    def ridge(t, r):  # LinTS's posterior mean G⁻¹B, solved in NumPy
+    def ridge(t, r):  # LinTS-shared's posterior mean G⁻¹B, solved in NumPy
         s = res.checkpoint_states[t]
         return np.linalg.solve(np.asarray(s.precision[r], np.float64), np.asarray(s.moment[r]))
 

@@ -1,5 +1,5 @@
-"""Linear contextual bandit: environments, the NumPyro reference for LinTS, the baselines and a
-small regret sanity check."""
+"""Linear contextual bandit: environments, the NumPyro reference for LinTS-shared, the baselines
+and a small regret sanity check."""
 
 import math
 
@@ -20,10 +20,10 @@ from ppl_bandits.linear_contextual.baselines import (
     drts,
     drts_selection_probs,
     hy_ran,
-    lin_ts,
-    lin_ts_posterior,
-    lin_ucb,
     oful_radius,
+    shared_lin_ts,
+    shared_lin_ts_posterior,
+    shared_lin_ucb,
     sup_lin_ucb,
     uniform_random,
 )
@@ -123,16 +123,16 @@ def test_prior_rejects_bad_values():
 
 
 # ---------------------------------------------------------------------------------------
-# LinTS against the NumPyro model
+# LinTS-shared against the NumPyro model
 # ---------------------------------------------------------------------------------------
 
 
-def _lin_ts_history(rng, d=4, n=25):
+def _shared_lin_ts_history(rng, d=4, n=25):
     A = rng.normal(size=(d, d))
     prior = linear_bandit_prior(
         jnp.asarray(rng.normal(size=d)), jnp.asarray(A @ A.T / d + 0.5 * np.eye(d)), 0.7
     )
-    agent = lin_ts()
+    agent = shared_lin_ts()
     state = agent.init(jax.random.key(0), prior)
     played, rewards = [], []
     for t in range(n):
@@ -146,13 +146,13 @@ def _lin_ts_history(rng, d=4, n=25):
 
 
 @pytest.mark.exact
-def test_lin_ts_posterior_is_the_numpyro_posterior():
+def test_shared_lin_ts_posterior_is_the_numpyro_posterior():
     """log N(θ; m, C) − log p(θ, data) is the same constant (−log p(data)) for every θ."""
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
-        prior, state, X, y = _lin_ts_history(rng)
+        prior, state, X, y = _shared_lin_ts_history(rng)
         assert state.precision.dtype == jnp.float64
-        mean, cov = lin_ts_posterior(state)
+        mean, cov = shared_lin_ts_posterior(state)
         post = jax.scipy.stats.multivariate_normal.logpdf
         diffs = []
         for i in range(30):
@@ -163,29 +163,29 @@ def test_lin_ts_posterior_is_the_numpyro_posterior():
 
 
 @pytest.mark.exact
-def test_lin_ts_posterior_matches_batch_conjugate_formula():
+def test_shared_lin_ts_posterior_matches_batch_conjugate_formula():
     rng = np.random.default_rng(1)
     with jax.enable_x64(True):
-        prior, state, X, y = _lin_ts_history(rng)
+        prior, state, X, y = _shared_lin_ts_history(rng)
         S0 = np.asarray(prior.sigma)
         s2 = float(prior.noise_sd) ** 2
         Xn, yn = np.asarray(X), np.asarray(y)
         cov = np.linalg.inv(np.linalg.inv(S0) + Xn.T @ Xn / s2)
         mean = cov @ (np.linalg.solve(S0, np.asarray(prior.mu)) + Xn.T @ yn / s2)
-        m, C = lin_ts_posterior(state)
+        m, C = shared_lin_ts_posterior(state)
         np.testing.assert_allclose(m, mean, rtol=1e-8, atol=1e-12)
         np.testing.assert_allclose(C, cov, rtol=1e-8, atol=1e-12)
 
 
-def test_lin_ts_ridge_mode_and_sample_covariance():
+def test_shared_lin_ts_ridge_mode_and_sample_covariance():
     prior = isotropic_linear_bandit_prior(2, noise_sd=2.0)
-    agent = lin_ts(v=0.5, lam=3.0)
+    agent = shared_lin_ts(v=0.5, lam=3.0)
     s = agent.init(jax.random.key(0), prior)
     np.testing.assert_allclose(s.precision, 3.0 / 4.0 * np.eye(2), rtol=1e-6)
     x = jnp.array([[1.0, 0.0], [0.0, 1.0]])
     s = agent.update(jax.random.key(1), s, x, 0, jnp.float32(2.0))
     # act plays argmax of one sample from N(G⁻¹B, v² G⁻¹): P(arm 0) = Φ(Δm / sd(Δ))
-    m, C = lin_ts_posterior(s)
+    m, C = shared_lin_ts_posterior(s)
     n = 20_000
     acts = np.asarray(
         jax.vmap(lambda k: agent.act(k, s, x))(jax.random.split(jax.random.key(2), n))
@@ -200,11 +200,11 @@ def test_lin_ts_ridge_mode_and_sample_covariance():
 # ---------------------------------------------------------------------------------------
 
 
-def test_oful_radius_and_lin_ucb_choice():
+def test_oful_radius_and_shared_lin_ucb_choice():
     V = jnp.array([[4.0, 0.0], [0.0, 1.0]])
     beta = float(oful_radius(V, 1.0, 0.5, 0.1, 2.0))
     assert beta == pytest.approx(0.5 * math.sqrt(math.log(4.0) + 2 * math.log(10.0)) + 2.0)
-    agent = lin_ucb(alpha=1.0)
+    agent = shared_lin_ucb(alpha=1.0)
     s = agent.init(jax.random.key(0), isotropic_linear_bandit_prior(2))
     s = agent.update(jax.random.key(1), s, jnp.eye(2), 0, jnp.float32(1.0))
     s = agent.update(jax.random.key(1), s, jnp.eye(2), 0, jnp.float32(1.0))
@@ -286,10 +286,10 @@ def test_sup_lin_ucb_updates_at_most_one_stage():
 @pytest.mark.parametrize(
     ("factory", "kwargs", "name"),
     [
-        (lin_ts, {"v": 0.0}, "v"),
-        (lin_ts, {"lam": -1.0}, "lam"),
-        (lin_ucb, {"alpha": -1.0}, "alpha"),
-        (lin_ucb, {"delta": 1.0}, "delta"),
+        (shared_lin_ts, {"v": 0.0}, "v"),
+        (shared_lin_ts, {"lam": -1.0}, "lam"),
+        (shared_lin_ucb, {"alpha": -1.0}, "alpha"),
+        (shared_lin_ucb, {"delta": 1.0}, "delta"),
         (drts, {"gamma": 1.5}, "gamma"),
         (drts, {"num_quadrature": 1}, "num_quadrature"),
         (hy_ran, {"p": 0.0}, "p"),
@@ -346,11 +346,11 @@ def _regret(env, agent, *, rounds, runs, seed):
     return np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(seed), runs)))
 
 
-def test_regret_sanity_hcsa_and_lints_beat_uniform_play():
+def test_regret_sanity_hcsa_and_shared_lints_beat_uniform_play():
     env = hcsa_environment(d=5, N=10, mask_prob=0.3, noise_sd=0.3, scale_range=(0.5, 1.0))
     kw = {"rounds": 150, "runs": 12, "seed": 0}
     uniform = _regret(env, uniform_random(), **kw)
-    for agent in (hcsa_ts(v=0.3, gamma=0.5), lin_ts(v=0.3, lam=1.0)):
+    for agent in (hcsa_ts(v=0.3, gamma=0.5), shared_lin_ts(v=0.3, lam=1.0)):
         reg = _regret(env, agent, **kw)
         diff = uniform - reg  # paired: the same problems and context streams
         se = diff.std(ddof=1) / math.sqrt(diff.size)

@@ -16,14 +16,15 @@ with a NUTS reference of the *exact* NumPyro model conditioned on the same t rou
   posteriors) through the exact comparison against the same reference and records
   whether each was rejected.
 
-Audit models are :class:`AuditFamily` objects in the registry :data:`AUDIT_FAMILIES`:
+Audit models are :class:`~validation.families.AuditFamily` objects in the registry
+:data:`~validation.families.AUDIT_FAMILIES` (:mod:`validation.families`):
 
 =========================  ===========================================  ===================
 model                      agents (exact?)                              NumPyro reference
 =========================  ===========================================  ===================
 ``mixed-effect-linear``    meTS-Lin, HierTS (exact); meTS-Lin-Fa        mixed_effect_model
 ``mixed-effect-logistic``  meTS-GLM, meTS-GLM-Fa (Laplace: report)      mixed_effect_model
-``linear-bandit``          LinTS (exact)                                linear_bandit_model
+``linear-bandit``          LinTS-shared (exact)                         linear_bandit_model
 ``diffusion-linear``       dTS (exact: linear links, Gaussian rewards)  diffusion_model
 ``diffusion-neural``       dTS (the dTS approximation: report)          diffusion_model
 =========================  ===========================================  ===================
@@ -32,7 +33,7 @@ The claimed posteriors:
 
 - mixed effect: Ψ ~ N(Λ̄⁻¹η, Λ̄⁻¹) (or its factored version) and
   θ_i | Ψ ~ N(gain_i Ψ + shift_i, R_i R_iᵀ), one Gaussian over (Ψ, θ_1, ..., θ_K);
-- linear bandit: θ* ~ N(G⁻¹B, G⁻¹) from LinTS's (precision, moment);
+- linear bandit: θ* ~ N(G⁻¹B, G⁻¹), the claim of LinTS-shared;
 - linear diffusion: the joint Gaussian over (ψ_1, ..., ψ_L, θ_1, ..., θ_K) that the
   recursions define for the statistics (Ĝ_a, B̂_a) held in dTS's state
   (:func:`ppl_bandits.diffusion.posterior.recursive_joint_posterior`);
@@ -50,39 +51,17 @@ The claimed posteriors:
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.diffusion import DiffusionPrior, diffusion_model
-from models.linear_bandit import LinearBanditPrior, linear_bandit_model
-from models.mixed_effect import MixedEffectPrior, mixed_effect_model
-from ppl_bandits.core.claims import SampledClaim
-from ppl_bandits.core.runner import simulate
-from ppl_bandits.diffusion.agents import dts, dts_approximation_claim, dts_posterior, dts_sampler
-from ppl_bandits.diffusion.ddpm import (
-    MAX_BATCH,
-    DDPMSettings,
-    ddpm_prior,
-    load_ddpm,
-    train_ddpm,
-    training_set,
-)
-from ppl_bandits.diffusion.environment import diffusion_environment, fixed_prior_environment
-from ppl_bandits.diffusion.posterior import recursion_gaussian
-from ppl_bandits.experiments.movielens import movielens_environment
-from ppl_bandits.linear_contextual.baselines import lin_ts
-from ppl_bandits.linear_contextual.environment import hcsa_environment
-from ppl_bandits.mixed_effect.agents import MeTSState, hierts_prior, mets_posterior
-from ppl_bandits.mixed_effect.catalog import make_agent, resolve_agent_name
-from ppl_bandits.mixed_effect.environment import mixed_effect_environment
+from ppl_bandits.core.runner import draw_problems, replay, simulate
+from ppl_bandits.mixed_effect.catalog import resolve_agent_name
 from validation.compare import (
     discrepancy,
     energy_distance,
@@ -91,554 +70,26 @@ from validation.compare import (
     stack_draws,
     stack_labels,
 )
-from validation.controls import GENERIC_CONTROLS, gaussian_control
+from validation.families import (
+    AUDIT_AGENTS,
+    AUDIT_FAMILIES,
+    NEURAL_PRIORS,
+    AuditFamily,
+    AuditSettings,
+    claim64,
+)
 from validation.reference import Reference, build_reference, save_reference
 
 __all__ = [
-    "AUDIT_AGENTS",
-    "AUDIT_FAMILIES",
-    "AUDIT_MODELS",
-    "NEGATIVE_CONTROLS",
-    "AgentInfo",
-    "AuditFamily",
     "AuditOutcome",
-    "AuditSettings",
-    "Gaussian64",
-    "SampledPosterior",
-    "claim64",
-    "claimed_posterior",
-    "ddpm_environment",
-    "diffusion_claimed_posterior",
-    "diffusion_sem_posterior",
-    "dts_posterior_samples",
-    "list_audit_models",
-    "negative_control",
-    "pretrain_ddpm_prior",
     "run_audit",
 ]
 
-#: The mixed-effect models, with (reward, likelihood); kept for validation.calibration.
-#: Every audit model, with its family, is in :data:`AUDIT_FAMILIES`.
-AUDIT_MODELS = {
-    "mixed-effect-linear": ("linear", "gaussian"),
-    "mixed-effect-logistic": ("logistic", "logistic"),
-}
-
-#: Mixed-effect agents whose posterior the audit can read, with (likelihood they assume,
-#: factored variant).
-AUDIT_AGENTS = {
-    "meTS-Lin": ("gaussian", None),
-    "meTS-Lin-Fa": ("gaussian", "mean-field"),
-    "meTS-GLM": ("logistic", None),
-    "meTS-GLM-Fa": ("logistic", "mean-field"),
-    "HierTS": ("gaussian", None),
-}
-
-#: Deliberately wrong posteriors every mixed-effect audit must reject.
-NEGATIVE_CONTROLS = (
-    "covariance-x1.3",
-    "mean-shift-0.5sd",
-    "coupling-dropped",
-    "published-factored-mean",
-)
-
-VAR_NAMES = ("psi", "theta")
-#: Priors of the diffusion-neural audit: a random 2-layer ReLU MLP link, or a DDPM.
-NEURAL_PRIORS = ("random", "ddpm")
-
-
-class Gaussian64(NamedTuple):
-    mean: np.ndarray
-    cov: np.ndarray
-
-
-class SampledPosterior(NamedTuple):
-    """A claimed posterior known through independent draws (not Gaussian in closed form)."""
-
-    mean: np.ndarray
-    """(p,) mean of the draws."""
-    cov: np.ndarray
-    """(p, p) covariance of the draws (the moment-matched Gaussian)."""
-    samples: np.ndarray
-    """(M, p) independent draws, float64."""
+# --------------------------------------------------------------------------- the audit
 
 
 def _state_at(state, run: int = 0):
     return jax.tree.map(lambda a: a[run], state)
-
-
-def claim64(claim, *, num_samples: int = 20000, seed: int = 0):
-    """A claim of :mod:`ppl_bandits.core.claims` in the audit's float64 form.
-
-    A :class:`~ppl_bandits.core.claims.GaussianClaim` becomes :class:`Gaussian64`; a
-    :class:`~ppl_bandits.core.claims.SampledClaim` becomes :class:`SampledPosterior`, with
-    ``num_samples`` independent draws (key ``seed``) and their moments.
-    """
-    if isinstance(claim, SampledClaim):
-        x = np.asarray(claim.sample(jax.random.key(seed), int(num_samples)), np.float64)
-        return SampledPosterior(x.mean(0), np.atleast_2d(np.cov(x, rowvar=False)), x)
-    mean = np.asarray(claim.mean, np.float64)
-    cov = np.asarray(claim.cov, np.float64)
-    return Gaussian64(mean, 0.5 * (cov + cov.T))
-
-
-def claimed_posterior(state: MeTSState, factored: str | None = None) -> Gaussian64:
-    """The Gaussian over (Ψ, θ_1, ..., θ_K) that a meTS-family agent samples from.
-
-    One run's state (no leading run axis), through the family's own claim
-    (:func:`ppl_bandits.mixed_effect.agents.mets_posterior`), in float64. ``factored`` is
-    None for the joint effect posterior, or "mean-field" / "published".
-    """
-    return claim64(mets_posterior(state, factored))
-
-
-def _generic(name: str, claimed) -> Gaussian64:
-    """A generic control of :mod:`validation.controls` (one site: the flattened vector)."""
-    sites = (("latent", (claimed.mean.shape[0],)),)
-    return Gaussian64(*gaussian_control(name, claimed.mean, claimed.cov, sites))
-
-
-def _coupling_mask(p: int, head: int, block: int) -> np.ndarray:
-    """Keep the leading ``head`` × ``head`` block and the ``block``-sized diagonal blocks."""
-    mask = np.zeros((p, p), bool)
-    mask[:head, :head] = True
-    for start in range(head, p, block):
-        mask[start : start + block, start : start + block] = True
-    return mask
-
-
-def negative_control(
-    name: str, claimed: Gaussian64, state: MeTSState, *, num_effects: int, dim: int
-) -> Gaussian64:
-    """A deliberately wrong version of a meTS-family claim.
-
-    - ``covariance-x1.3`` and ``mean-shift-0.5sd``: the generic controls of
-      :mod:`validation.controls` (covariance times 1.3; every mean moved by half its
-      marginal standard deviation);
-    - ``coupling-dropped``: covariances between Ψ and θ and between actions set to 0;
-    - ``published-factored-mean``: the effect means of the paper's eq. 43 (the factored
-      mean that drops the coupling between effects), covariance unchanged: the mean of the
-      family's own "published" claim, :func:`ppl_bandits.mixed_effect.agents.mets_posterior`.
-    """
-    if name in GENERIC_CONTROLS:
-        return _generic(name, claimed)
-    if name == "coupling-dropped":
-        mask = _coupling_mask(claimed.mean.shape[0], num_effects * dim, dim)
-        return Gaussian64(claimed.mean, np.where(mask, claimed.cov, 0.0))
-    if name == "published-factored-mean":
-        return Gaussian64(claimed_posterior(state, "published").mean, claimed.cov)
-    raise ValueError(f"negative control is {name!r}; expected one of {NEGATIVE_CONTROLS}")
-
-
-# --------------------------------------------------------------------------- families
-
-
-class AgentInfo(NamedTuple):
-    """An agent an audit model can audit."""
-
-    exact: bool
-    """Whether its posterior is the exact posterior of the model (a verdict) or not (a report)."""
-    description: str
-
-
-class AuditSettings(NamedTuple):
-    """The problem and agent settings of an audit (see :func:`run_audit`)."""
-
-    num_actions: int
-    num_effects: int
-    dim: int
-    num_arms: int
-    rounds: int
-    seed: int
-    factored_variant: str
-    prior: str
-    prior_dir: str | None
-    pretrain_samples: int
-    pretrain_steps: int
-    ddpm_steps: int
-    posterior_samples: int
-    data: str | None
-
-
-@dataclass(frozen=True)
-class AuditFamily:
-    """One audit model: its environment, agents, claimed posteriors, reference and controls.
-
-    Every callable takes the canonical agent name and the :class:`AuditSettings`.
-    """
-
-    name: str
-    """Kebab-case model name (the ``--model`` of ``ppl-bandits audit``)."""
-    description: str
-    agents: Mapping[str, AgentInfo]
-    """Agents it can audit, by canonical name."""
-    prior_type: type
-    """Type of the prior its environments draw (checked on an ``environment=`` override)."""
-    var_names: tuple[str, ...]
-    """Model sites compared, in the order of the claimed posterior's coordinates."""
-    parameterizations: tuple[str, ...]
-    """Parameterizations of the reference model, in the order ``"auto"`` tries them."""
-    negative_controls: tuple[str, ...]
-    """Names of the deliberately wrong posteriors every audit of this model runs."""
-    environment: Callable[[AuditSettings], tuple[Any, dict]]
-    """settings -> (Environment, JSON-ready description of how it was built)."""
-    agent: Callable[[str, AuditSettings], Any]
-    """(agent, settings) -> Agent."""
-    agent_prior: Callable[[str, Any], Any]
-    """(agent, problem prior) -> the prior the agent is told (and NUTS conditions on)."""
-    reference_model: Callable[[Any, tuple, str], tuple[Callable, tuple, dict, str]]
-    """(prior, (contexts, actions, rewards), parameterization) -> (model, args, kwargs, name)."""
-    control: Callable[[str, Gaussian64, Any, Any, AuditSettings], Gaussian64]
-    """(control, claimed, state, agent prior, settings) -> a deliberately wrong posterior."""
-    likelihood: str = "gaussian"
-    """Reward likelihood of the reference model."""
-
-
-# ------------------------------------------------------------------ mixed effect
-
-
-def _mixed_environment(reward: str):
-    def build(s: AuditSettings):
-        if s.data is not None:
-            env = movielens_environment(
-                s.data,
-                reward=reward,
-                num_actions=s.num_actions,
-                num_effects=s.num_effects,
-                dim=s.dim,
-                seed=s.seed,
-            )
-            return env, {"environment": "movielens", "data": str(s.data)}
-        env = mixed_effect_environment(s.num_actions, s.num_effects, s.dim, reward=reward)
-        return env, {"environment": "mixed-effect (fig2_prior)"}
-
-    return build
-
-
-def _mixed_agent(agent: str, s: AuditSettings):
-    return make_agent(agent, horizon=s.rounds, factored_variant=s.factored_variant)
-
-
-def _mixed_agent_prior(agent: str, prior):
-    return hierts_prior(prior) if agent == "HierTS" else prior
-
-
-def _mixed_reference(likelihood: str):
-    def build(prior, history, parameterization):
-        return (
-            mixed_effect_model,
-            (prior, *history),
-            {"likelihood": likelihood, "parameterization": parameterization},
-            f"mixed-effect/{likelihood}/{parameterization}",
-        )
-
-    return build
-
-
-def _mixed_control(name, claimed, state, agent_prior, s: AuditSettings) -> Gaussian64:
-    L_agent = agent_prior.mixing.shape[1]
-    return negative_control(name, claimed, state, num_effects=L_agent, dim=s.dim)
-
-
-def _mixed_family(model: str, reward: str, likelihood: str, agents: dict) -> AuditFamily:
-    return AuditFamily(
-        name=model,
-        description=f"mixed-effect bandit, {likelihood} rewards (Aouali et al. 2023)",
-        agents=agents,
-        prior_type=MixedEffectPrior,
-        var_names=VAR_NAMES,
-        parameterizations=("centered", "noncentered"),
-        negative_controls=NEGATIVE_CONTROLS,
-        environment=_mixed_environment(reward),
-        agent=_mixed_agent,
-        agent_prior=_mixed_agent_prior,
-        reference_model=_mixed_reference(likelihood),
-        control=_mixed_control,
-        likelihood=likelihood,
-    )
-
-
-# ------------------------------------------------------------------ linear bandit
-
-#: Deliberately wrong LinTS posteriors: inflated covariance, shifted mean, and the
-#: posterior of a LinTS that assumes twice the reward noise sd (data weighted by 1/4).
-LINEAR_BANDIT_CONTROLS = ("covariance-x1.3", "mean-shift-0.5sd", "noise-sd-x2")
-
-
-def _linear_bandit_environment(s: AuditSettings):
-
-    env = hcsa_environment(d=s.dim, N=s.num_arms)
-    return env, {"environment": f"hcsa_environment(d={s.dim}, N={s.num_arms})"}
-
-
-def _linear_bandit_agent(agent: str, s: AuditSettings):
-
-    return lin_ts()
-
-
-def _precision_claim(precision, moment) -> Gaussian64:
-    prec = 0.5 * (precision + precision.T)
-    cov = np.linalg.inv(prec)
-    cov = 0.5 * (cov + cov.T)
-    return Gaussian64(cov @ moment, cov)
-
-
-def _linear_bandit_reference(prior, history, parameterization):
-
-    contexts, _, rewards = history
-    return linear_bandit_model, (prior, contexts, rewards), {}, "linear-bandit"
-
-
-def _linear_bandit_control(name, claimed, state, agent_prior, s: AuditSettings) -> Gaussian64:
-    if name in GENERIC_CONTROLS:
-        return _generic(name, claimed)
-    if name == "noise-sd-x2":
-        # The claim's precision and natural mean minus the prior's are the data's; a LinTS
-        # that assumes twice the noise sd weights them by 1/4.
-        sigma = np.asarray(agent_prior.sigma, np.float64)
-        P0 = np.linalg.inv(sigma)
-        b0 = P0 @ np.asarray(agent_prior.mu, np.float64)
-        prec = np.linalg.inv(claimed.cov)
-        moment = prec @ claimed.mean
-        return _precision_claim(P0 + (prec - P0) / 4.0, b0 + (moment - b0) / 4.0)
-    raise ValueError(f"negative control is {name!r}; expected one of {LINEAR_BANDIT_CONTROLS}")
-
-
-def _linear_bandit_family() -> AuditFamily:
-
-    return AuditFamily(
-        name="linear-bandit",
-        description="linear-Gaussian contextual bandit, one shared θ* (reference for LinTS)",
-        agents={"LinTS": AgentInfo(True, "Bayesian LinTS, v = 1: the conjugate posterior")},
-        prior_type=LinearBanditPrior,
-        var_names=("theta",),
-        parameterizations=("centered",),
-        negative_controls=LINEAR_BANDIT_CONTROLS,
-        environment=_linear_bandit_environment,
-        agent=_linear_bandit_agent,
-        agent_prior=lambda agent, prior: prior,
-        reference_model=_linear_bandit_reference,
-        control=_linear_bandit_control,
-    )
-
-
-# ------------------------------------------------------------------ diffusion
-
-#: Deliberately wrong linear-diffusion posteriors: inflated covariance, shifted mean, every
-#: covariance between different ψ_ℓ and θ_a dropped, and the dTS approximation (W_ℓ
-#: dropped from the recursion) applied to linear links, which is wrong unless every W_ℓ = I.
-DIFFUSION_LINEAR_CONTROLS = (
-    "covariance-x1.3",
-    "mean-shift-0.5sd",
-    "coupling-dropped",
-    "dts-approximation",
-)
-#: Controls of the neural audit, applied to the moment-matched Gaussian of the claim.
-DIFFUSION_NEURAL_CONTROLS = ("covariance-x1.3", "mean-shift-0.5sd", "coupling-dropped")
-
-
-def _as_prior(prior):
-    """A DiffusionPrior whose leaves are JAX arrays of the default float dtype."""
-    dtype = jnp.result_type(float)
-    return jax.tree.map(lambda a: jnp.asarray(a, dtype), prior)
-
-
-def diffusion_claimed_posterior(state) -> Gaussian64:
-    r"""The Gaussian over (ψ_1, ..., ψ_L, θ_1, ..., θ_K) that dTS samples from (linear links).
-
-    The family's own claim, :func:`ppl_bandits.diffusion.agents.dts_posterior`, in float64.
-    """
-    claim = dts_posterior(state)
-    if isinstance(claim, SampledClaim):
-        raise ValueError(
-            "state has neural links; its posterior is not Gaussian (use SampledPosterior draws)"
-        )
-    return claim64(claim)
-
-
-def diffusion_sem_posterior(prior, stats, method: str = "exact") -> Gaussian64:
-    """The Gaussian a linear diffusion posterior recursion defines for statistics ``stats``.
-
-    :func:`ppl_bandits.diffusion.posterior.recursion_gaussian`: ``method="exact"`` is the
-    exact posterior, ``method="dts"`` the dTS approximation (W_ℓ dropped from the upward
-    recursion, kept in the downward means), which for linear links is Gaussian too.
-    """
-    return claim64(recursion_gaussian(prior, stats, method))
-
-
-def dts_posterior_samples(state, num_samples: int, seed: int = 0) -> SampledPosterior:
-    """``num_samples`` independent draws of one dTS posterior sample (ψ, θ), flattened.
-
-    The family's sampler claim (:func:`ppl_bandits.diffusion.agents.dts_sampler`:
-    ``method="dts"`` for neural links, ``"exact"`` for linear ones), i.e. the
-    (ψ_1..ψ_L, θ_1..θ_K) dTS draws before taking its argmax.
-    """
-    return claim64(dts_sampler(state), num_samples=num_samples, seed=seed)
-
-
-def ddpm_environment(prior, *, truth: Callable | None = None, name: str = "diffusion-ddpm"):
-    """A bandit whose prior is a fixed (pre-trained) :class:`~models.diffusion.DiffusionPrior`:
-    :func:`ppl_bandits.diffusion.environment.fixed_prior_environment` with the prior's noise sd."""
-
-    return fixed_prior_environment(prior, truth=truth, name=name)
-
-
-def pretrain_ddpm_prior(
-    *,
-    dim: int,
-    num_actions: int,
-    num_samples: int = 1000,
-    num_steps: int = 10,
-    train_steps: int = 3000,
-    hidden: int = 32,
-    training: str = "gaussian",
-    prior_dir=None,
-    seed: int = 0,
-):
-    """A DDPM diffusion prior: loaded from ``prior_dir``, or pre-trained here.
-
-    Pre-training (:func:`ppl_bandits.diffusion.ddpm.train_ddpm`) uses ``num_samples`` draws of the
-    ``training`` set (default N(0, I_d), the paper's App. G.3) and
-    ceil(train_steps / batches per epoch) epochs, so that every sample size gets about
-    ``train_steps`` Adam steps. Returns (DiffusionPrior, JSON-ready description).
-    """
-
-    t0 = time.perf_counter()
-    if prior_dir is not None:
-        params, settings = load_ddpm(prior_dir)
-        if settings.dim != dim:
-            raise ValueError(
-                f"prior_dir {str(prior_dir)!r} holds a DDPM of dim {settings.dim}; expected dim "
-                f"{dim} (the audit's d)"
-            )
-        info = {"prior": "ddpm", "prior_dir": str(prior_dir), "settings": settings._asdict()}
-    else:
-        for arg, value in (("num_samples", num_samples), ("train_steps", train_steps)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{arg} is {value!r}; expected an integer >= 1")
-        settings = DDPMSettings(dim=dim, num_steps=int(num_steps), hidden=int(hidden))
-        data = training_set(training, int(num_samples), jax.random.key(seed + 7919), dim=dim)
-        batches = max(1, int(num_samples) // min(MAX_BATCH, int(num_samples)))
-        epochs = math.ceil(int(train_steps) / batches)
-        params, losses = train_ddpm(jax.random.key(seed + 104729), data, settings, epochs=epochs)
-        info = {
-            "prior": "ddpm",
-            "training_set": training,
-            "pretrain_samples": int(num_samples),
-            "epochs": epochs,
-            "adam_steps": epochs * batches,
-            "final_loss": float(np.mean(np.asarray(losses)[-50:])),
-            "settings": settings._asdict(),
-        }
-    info["pretrain_seconds"] = time.perf_counter() - t0
-    return ddpm_prior(params, settings, num_actions), info
-
-
-def _diffusion_environment(link: str):
-    def build(s: AuditSettings):
-
-        if link == "linear" or s.prior == "random":
-            env = diffusion_environment(s.num_actions, s.num_effects, s.dim, link=link)
-            kind = "W ~ U[-1,1], columns zeroed w.p. 0.5" if link == "linear" else "random MLP"
-            return env, {"environment": f"diffusion_environment(link={link!r})", "links": kind}
-        prior, info = pretrain_ddpm_prior(
-            dim=s.dim,
-            num_actions=s.num_actions,
-            num_samples=s.pretrain_samples,
-            num_steps=s.ddpm_steps,
-            train_steps=s.pretrain_steps,
-            prior_dir=s.prior_dir,
-            seed=s.seed,
-        )
-        return ddpm_environment(prior), {"environment": "ddpm_environment", **info}
-
-    return build
-
-
-def _diffusion_agent(agent: str, s: AuditSettings):
-
-    return dts()
-
-
-def _diffusion_reference(prior, history, parameterization):
-
-    kind = "linear" if prior.neural is None else "neural"
-    return (
-        diffusion_model,
-        (_as_prior(prior), *history),
-        {"likelihood": "gaussian", "parameterization": parameterization},
-        f"diffusion/{kind}/gaussian/{parameterization}",
-    )
-
-
-def _diffusion_control(name, claimed, state, agent_prior, s: AuditSettings) -> Gaussian64:
-    if name in GENERIC_CONTROLS:
-        return _generic(name, claimed)
-    if name == "coupling-dropped":
-        mask = _coupling_mask(claimed.mean.shape[0], 0, s.dim)
-        return Gaussian64(claimed.mean, np.where(mask, claimed.cov, 0.0))
-    if name == "dts-approximation" and agent_prior.neural is None:
-        return claim64(dts_approximation_claim(state))
-    raise ValueError(f"negative control is {name!r}; expected one of {DIFFUSION_LINEAR_CONTROLS}")
-
-
-def _diffusion_family(link: str) -> AuditFamily:
-
-    linear = link == "linear"
-    return AuditFamily(
-        name=f"diffusion-{link}",
-        description=(
-            "diffusion prior with linear links, Gaussian rewards (dTS is exact)"
-            if linear
-            else "diffusion prior with neural links (random MLP or DDPM), Gaussian rewards"
-        ),
-        agents={
-            "dTS": AgentInfo(True, "dTS, exact recursions")
-            if linear
-            else AgentInfo(False, "dTS approximation (Aouali 2025, Sec. 3.2)")
-        },
-        prior_type=DiffusionPrior,
-        var_names=VAR_NAMES,
-        parameterizations=("centered", "noncentered") if linear else ("noncentered", "centered"),
-        negative_controls=DIFFUSION_LINEAR_CONTROLS if linear else DIFFUSION_NEURAL_CONTROLS,
-        environment=_diffusion_environment(link),
-        agent=_diffusion_agent,
-        agent_prior=lambda agent, prior: prior,
-        reference_model=_diffusion_reference,
-        control=_diffusion_control,
-    )
-
-
-def _registry() -> dict[str, AuditFamily]:
-    def mixed(likelihood):
-        return {
-            k: AgentInfo(k in ("meTS-Lin", "HierTS") and likelihood == "gaussian", k)
-            for k in AUDIT_AGENTS
-        }
-
-    return {
-        "mixed-effect-linear": _mixed_family(
-            "mixed-effect-linear", "linear", "gaussian", mixed("gaussian")
-        ),
-        "mixed-effect-logistic": _mixed_family(
-            "mixed-effect-logistic", "logistic", "logistic", mixed("logistic")
-        ),
-        "linear-bandit": _linear_bandit_family(),
-        "diffusion-linear": _diffusion_family("linear"),
-        "diffusion-neural": _diffusion_family("neural"),
-    }
-
-
-#: Every audit model by its kebab-case name (``ppl-bandits audit --model``).
-AUDIT_FAMILIES: dict[str, AuditFamily] = _registry()
-
-
-def list_audit_models() -> list[str]:
-    """Names of the audit models, e.g. for ``--model`` help."""
-    return list(AUDIT_FAMILIES)
-
-
-# --------------------------------------------------------------------------- the audit
 
 
 class AuditOutcome(NamedTuple):
@@ -680,6 +131,48 @@ def _history(res, t: int):
         np.asarray(res.contexts[0, :t]),
         np.asarray(res.actions[0, :t]).astype(np.int32),
         np.asarray(res.rewards[0, :t]),
+    )
+
+
+def _history_prefix(history, t: int):
+    contexts, actions, rewards = history
+    return contexts[:t], actions[:t].astype(np.int32), rewards[:t]
+
+
+def _check_history(history, model: str, num_actions: int, num_arms: int, dim: int):
+    """A recorded history as float64/int32 arrays, checked against the audit's problem."""
+    try:
+        contexts, actions, rewards = (np.asarray(a) for a in history)
+    except (TypeError, ValueError):
+        raise ValueError(
+            "history is not (contexts, actions, rewards); expected three arrays"
+        ) from None
+    width = num_arms if model == "linear-bandit" else num_actions
+    what = "--N arms" if model == "linear-bandit" else "--K actions"
+    if contexts.ndim != 2 or contexts.shape[1] != dim:
+        raise ValueError(
+            f"history has contexts of shape {contexts.shape}; expected (n, {dim}) for d={dim}"
+        )
+    n = contexts.shape[0]
+    if actions.shape != (n,) or rewards.shape != (n,):
+        raise ValueError(
+            f"history has actions {actions.shape} and rewards {rewards.shape}; expected ({n},)"
+        )
+    if n and (actions.min() < 0 or actions.max() >= width):
+        raise ValueError(
+            f"history has actions in [{actions.min()}, {actions.max()}]; expected actions in "
+            f"[0, {width - 1}] for {width} {what.split()[1]} ({what})"
+        )
+    for name, arr in (("contexts", contexts), ("rewards", rewards)):
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"history has non-finite {name}; expected finite values")
+    if model == "mixed-effect-logistic" and not np.all(np.isin(rewards, (0.0, 1.0))):
+        raise ValueError("history has rewards other than 0 and 1; logistic models need 0/1 rewards")
+    dtype = jnp.result_type(float)
+    return (
+        np.asarray(contexts, dtype),
+        np.asarray(actions, np.int32),
+        np.asarray(rewards, dtype),
     )
 
 
@@ -797,6 +290,7 @@ def run_audit(
     ddpm_steps: int = 10,
     posterior_samples: int = 20000,
     data=None,
+    history=None,
     environment=None,
     out_dir=None,
     log: Callable[[str], None] | None = print,
@@ -809,7 +303,7 @@ def run_audit(
         "mixed-effect-linear", "mixed-effect-logistic", "linear-bandit",
         "diffusion-linear" or "diffusion-neural".
     agent : an agent of the model's family (case-insensitive): the mixed-effect agents
-        of :data:`AUDIT_AGENTS`, "LinTS" (linear-bandit) or "dTS" (diffusion).
+        of :data:`AUDIT_AGENTS`, "LinTS-shared" (linear-bandit) or "dTS" (diffusion).
     num_actions, num_effects, dim : K, L (effects, or diffusion levels), d of the problem.
     rounds : rounds the agent plays; checkpoints must lie in [0, rounds].
     checkpoints : rounds t at which the posterior is audited (t = 0 audits the prior).
@@ -823,13 +317,21 @@ def run_audit(
     num_arms : N, arms per round of the linear bandit.
     prior : diffusion-neural only: "random" (a random 2-layer ReLU MLP link per level,
         :func:`ppl_bandits.diffusion.environment.diffusion_environment`) or "ddpm" (a DDPM prior,
-        :func:`pretrain_ddpm_prior`; its ``ddpm_steps`` levels replace ``num_effects``).
+        :func:`ppl_bandits.diffusion.ddpm.pretrain_ddpm_prior`; its ``ddpm_steps`` levels
+        replace ``num_effects``).
     prior_dir : directory of a saved DDPM (:func:`ppl_bandits.diffusion.ddpm.save_ddpm`); implies
         ``prior="ddpm"``.
     pretrain_samples, pretrain_steps, ddpm_steps : DDPM pre-training on N(0, I_d) samples.
     posterior_samples : draws that represent a sampled (non-Gaussian) claimed posterior.
     data : mixed-effect models only: path of a real data set (MovieLens,
         :func:`ppl_bandits.experiments.movielens.movielens_environment`).
+    history : (contexts (n, d), actions (n,), rewards (n,)), optional
+        A recorded history to audit instead of a simulated one
+        (:func:`ppl_bandits.data.history.load_history`): the problem's prior is the one the
+        family's environment draws with ``seed`` (as a simulation would), the agent's
+        state after t rounds is its update replayed over the first t recorded rounds
+        (:func:`ppl_bandits.core.runner.replay`), and NUTS conditions on the same rounds.
+        ``rounds`` becomes n; checkpoints must lie in [0, n].
     environment : an :class:`~ppl_bandits.core.types.Environment` to use instead of the
         family's own; its ``draw`` must return a prior of the family's type.
     out_dir : if given, each accepted reference is stored under out_dir/reference_t<t>/.
@@ -862,6 +364,9 @@ def run_audit(
         ("pretrain_steps", pretrain_steps),
     ):
         _check_int(name, value)
+    if history is not None:
+        history = _check_history(history, model, num_actions, num_arms, dim)
+        rounds = int(history[0].shape[0])
     checkpoints = sorted({int(c) for c in checkpoints})
     if not checkpoints or checkpoints[0] < 0 or checkpoints[-1] > rounds:
         raise ValueError(f"checkpoints are {checkpoints}; expected rounds in [0, {rounds}]")
@@ -918,17 +423,24 @@ def run_audit(
         f"audit: {agent} on {model} (K={num_actions}, L={levels}, d={dim}), "
         f"{rounds} rounds, checkpoints {checkpoints}"
     )
-    res = simulate(
-        jax.random.key(seed),
-        env,
-        bandit,
-        num_rounds=rounds,
-        num_runs=1,
-        checkpoints=[c for c in checkpoints if c > 0],
-    )
-    problem_prior = jax.tree.map(lambda a: a[0], res.prior)
+    if history is None:
+        res = simulate(
+            jax.random.key(seed),
+            env,
+            bandit,
+            num_rounds=rounds,
+            num_runs=1,
+            checkpoints=[c for c in checkpoints if c > 0],
+        )
+        run_prior = res.prior
+    else:
+        run_prior = draw_problems(jax.random.key(seed), env, 1).prior
+    problem_prior = jax.tree.map(lambda a: a[0], run_prior)
     agent_prior = family.agent_prior(agent, problem_prior)
     init_state = bandit.init(jax.random.key(0), agent_prior)
+    if history is not None:
+        width = num_arms if model == "linear-bandit" else num_actions
+        replayed = replay(jax.random.key(0), bandit, agent_prior, history, width, checkpoints)
     nuts = {
         "num_chains": num_chains,
         "num_warmup": num_warmup,
@@ -941,11 +453,15 @@ def run_audit(
     histories, claims = {}, {}
     for t in checkpoints:
         log(f"  checkpoint t={t}")
-        state = init_state if t == 0 else _state_at(res.checkpoint_states[t])
+        if history is not None:
+            state = replayed[t]
+        else:
+            state = init_state if t == 0 else _state_at(res.checkpoint_states[t])
         claimed = claim64(
             bandit.posterior(state), num_samples=settings.posterior_samples, seed=settings.seed
         )
-        histories[t], claims[t] = _history(res, t), claimed
+        histories[t] = _history(res, t) if history is None else _history_prefix(history, t)
+        claims[t] = claimed
         ref, attempts = _reference(
             family,
             agent_prior,
@@ -1063,6 +579,7 @@ def run_audit(
             family, agent, settings, checkpoints, alpha, parameterization, nuts
         ),
         "environment": env_info,
+        "history": None if history is None else {"source": "recorded", "rounds": rounds},
         "reference": {
             "accepted": all(r["accepted"] for r in ref_records),
             "checkpoints": ref_records,

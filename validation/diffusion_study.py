@@ -4,8 +4,8 @@ dTS with neural links (Aouali 2025, Sec. 3.2) replaces the posterior of the nonl
 diffusion model by the linear recursions with :math:`W_\ell` dropped. This module measures
 that error, which the paper does not quantify, in three ways, all with a DDPM prior
 pre-trained on samples of a known "true" prior :math:`\mathcal{N}(0, I_d)`
-(:func:`validation.audit.pretrain_ddpm_prior`) and true action parameters drawn from that
-true prior (:func:`validation.audit.ddpm_environment` with ``truth``):
+(:func:`ppl_bandits.diffusion.ddpm.pretrain_ddpm_prior`) and true action parameters drawn from that
+true prior (:func:`ppl_bandits.diffusion.environment.fixed_prior_environment` with ``truth``):
 
 1. **against the number of rounds** (one pre-trained prior, one run, checkpoints
    ``rounds``);
@@ -47,9 +47,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppl_bandits.diffusion.ddpm import pretrain_ddpm_prior
+from ppl_bandits.diffusion.environment import fixed_prior_environment
 from ppl_bandits.plotting import subplots
 from ppl_bandits.results import collect_versions, write_json
-from validation.audit import ddpm_environment, pretrain_ddpm_prior, run_audit
+from validation.audit import run_audit
 from validation.compare import energy_distance, gaussian_w2
 
 __all__ = [
@@ -301,7 +303,7 @@ def run_diffusion_study(
             f"{study}: DDPM prior {'loaded' if prior_dir else f'pre-trained on {n} samples'} "
             f"in {info['pretrain_seconds']:.1f} s"
         )
-        env = ddpm_environment(prior, truth=truth, name=f"ddpm-{n}-true-N(0,I)")
+        env = fixed_prior_environment(prior, truth=truth, name=f"ddpm-{n}-true-N(0,I)")
         t0 = time.perf_counter()
         outcome = run_audit(
             "diffusion-neural",

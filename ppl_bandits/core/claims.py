@@ -120,18 +120,33 @@ class GaussianClaim:
 
 @jax.tree_util.register_pytree_node_class
 class SampledClaim:
-    """A claim known through draws: ``sample(key, n)`` returns (n, p) independent draws.
+    r"""A claim known through draws: ``sample(key, n)`` returns (n, p) independent draws.
 
     ``params`` are the arrays the sampler reads (a pytree, batched under ``vmap``); the
     sampler is called as ``draw(params, key, n)``.
+
+    ``whiten`` (optional, static like ``draw``) is called as ``whiten(params, x)``: a map
+    from a flattened latent vector x (p,) to p values that are independent standard
+    normals when x is drawn from the claim. For a claim that is a chain of conditional
+    Gaussians (the dTS approximation) these are the chain's whitened innovations, so that
+    :math:`|z|^2` is :math:`\chi^2_p` under the claim: what a calibration needs of a
+    non-Gaussian claim. None when the claim cannot whiten a point. A claim made from
+    another one by transforming its draws (a negative control) does not inherit it.
     """
 
-    __slots__ = ("draw", "params", "sites")
+    __slots__ = ("draw", "params", "sites", "whiten")
 
-    def __init__(self, draw: Callable[[Any, Any, int], Any], params, sites):
+    def __init__(
+        self,
+        draw: Callable[[Any, Any, int], Any],
+        params,
+        sites,
+        whiten: Callable[[Any, Any], Any] | None = None,
+    ):
         self.draw = draw
         self.params = params
         self.sites = _as_sites(sites)
+        self.whiten = whiten
 
     @property
     def dim(self) -> int:
@@ -141,13 +156,24 @@ class SampledClaim:
         """(num, p) independent draws of the claimed distribution."""
         return self.draw(self.params, key, int(num))
 
+    def whitened(self, x):
+        """(p,) standard normals under the claim for the flattened latent vector ``x`` (p,).
+
+        Raises ``ValueError`` when the claim has no ``whiten`` map.
+        """
+        if self.whiten is None:
+            raise ValueError(
+                f"{self!r} has no whiten map; expected a SampledClaim built with whiten="
+            )
+        return self.whiten(self.params, x)
+
     def tree_flatten(self):
-        return (self.params,), (self.draw, self.sites)
+        return (self.params,), (self.draw, self.sites, self.whiten)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = object.__new__(cls)
-        obj.draw, obj.sites = aux
+        obj.draw, obj.sites, obj.whiten = aux
         (obj.params,) = children
         return obj
 

@@ -213,3 +213,33 @@ def simulate(
         jnp.concatenate([o[i] for o in outputs], axis=1) for i in range(4)
     )
     return SimulationResult(regret, actions, ctx, rewards, carry[0], prior, params, kept)
+
+
+def replay(key, agent: Agent, prior, history, num_actions: int, checkpoints) -> dict:
+    """The agent's states after the first t rounds of a recorded ``history``, per checkpoint t.
+
+    ``history`` is (contexts (n, d), actions (n,), rewards (n,)) with the context of the
+    played action per round; each round calls ``agent.update`` with that context in the
+    played action's row of a (``num_actions``, d) context matrix (the update reads that
+    row only) and the key ``fold_in(key, t)``. The initial state is
+    ``agent.init(key, prior)``; checkpoint 0 is that state.
+    """
+    contexts, actions, rewards = (jnp.asarray(a) for a in history)
+    n, d = contexts.shape
+    ticks = sorted({int(t) for t in checkpoints})
+    if not ticks or ticks[0] < 0 or ticks[-1] > n:
+        raise ValueError(f"checkpoints are {ticks}; expected rounds in [0, {n}] of the history")
+
+    def step(state, t):
+        x = jnp.broadcast_to(contexts[t], (num_actions, d))
+        return agent.update(jax.random.fold_in(key, t), state, x, actions[t], rewards[t]), None
+
+    run = jax.jit(lambda state, ts: jax.lax.scan(step, state, ts)[0])
+    state = agent.init(key, prior)
+    out, done = {}, 0
+    for t in ticks:
+        if t > done:
+            state = run(state, jnp.arange(done, t))
+            done = t
+        out[t] = state
+    return out

@@ -4,10 +4,12 @@ marginalised hierarchy.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
 
 from models.diffusion import DiffusionPrior, apply_link
 from ppl_bandits.core.claims import GaussianClaim, SampledClaim
@@ -28,6 +30,7 @@ from ppl_bandits.diffusion.posterior import (
     descend_latents,
     hierts1_prior,
     hierts2_prior,
+    latent_terms,
     marginal_action_prior,
     recursion_gaussian,
     resolve_method,
@@ -43,6 +46,7 @@ __all__ = [
     "diffusion_sites",
     "dts",
     "dts_approximation_claim",
+    "dts_newton_failures",
     "dts_posterior",
     "dts_sampler",
     "hier_ts_1",
@@ -189,21 +193,90 @@ def state_stats(state: DTSState) -> SufficientStats:
     return SufficientStats(state.G, state.B, state.count)
 
 
-def _draw_dts(params, key, num: int):
-    prior, stats, method = params
-    keys = jax.random.split(key, num)
-    psi, theta = jax.vmap(lambda k: sample_posterior(k, prior, stats, method))(keys)
-    return jnp.concatenate([psi.reshape(num, -1), theta.reshape(num, -1)], axis=1)
+def _chain_innovations(prior: DiffusionPrior, stats: SufficientStats, x, method: str):
+    r"""The whitened innovations (p,) of x = (ψ, θ) flattened under the recursion's chain.
+
+    ψ_L ~ N(shift_L, Σ̄_L), ψ_ℓ | ψ_{ℓ+1} ~ N(feed_ℓ f_{ℓ+1}(ψ_{ℓ+1}) + shift_ℓ, Σ̄_ℓ) and
+    θ_a | ψ_1 ~ N(Σ̂_aS_a f_1(ψ_1) + Σ̂_aB_a, Σ̂_a), the factorization
+    :func:`~ppl_bandits.diffusion.posterior.sample_posterior` draws from: each residual is
+    solved against the square root R (RRᵀ = Σ) the sampler scales its normals by, so the
+    result is standard normal when x is a draw, and
+    :math:`\sum z^2 = \sum_\ell |e_\ell|^2_{\bar\Sigma_\ell^{-1}} +
+    \sum_a |e_a|^2_{\hat\Sigma_a^{-1}}` (the joint Mahalanobis distance for linear links).
+    Ordered (ψ_1, ..., ψ_L, θ_1, ..., θ_K).
+    """
+    _, lat = latent_terms(prior, stats, method)
+    L, d = prior.num_levels, prior.dim
+    K = stats.G.shape[0]
+    psi = x[: L * d].reshape(L, d)
+    theta = x[L * d :].reshape(K, d)
+    S = chol_inverse(prior.sigma_theta[:K])
+    cond_cov, cond_sqrt, _ = inverse_and_sqrt(S + stats.G)
+    feed = cond_cov @ S
+    shift = jnp.einsum("kij,kj->ki", cond_cov, stats.B)
+
+    def white(sqrt, e):
+        return solve_triangular(sqrt, e[..., None], lower=False)[..., 0]
+
+    z_psi = [None] * L
+    z_psi[L - 1] = white(lat.sqrt[L - 1], psi[L - 1] - lat.shift[L - 1])
+    for level in range(1, L):
+        loc = lat.feed[level - 1] @ apply_link(prior, level + 1, psi[level]) + lat.shift[level - 1]
+        z_psi[level - 1] = white(lat.sqrt[level - 1], psi[level - 1] - loc)
+    loc = jnp.einsum("kij,j->ki", feed, apply_link(prior, 1, psi[0])) + shift
+    z_theta = white(cond_sqrt, theta - loc)
+    return jnp.concatenate([jnp.stack(z_psi).reshape(-1), z_theta.reshape(-1)])
+
+
+@functools.cache
+def _dts_claim_functions(method: str):
+    """The sampler and the whitening map of a dTS sampled claim with ``method``.
+
+    One pair per method: claims of one method share their (static) functions, so that
+    ``jit`` compiles a program over such claims once.
+    """
+
+    def draw(params, key, num: int):
+        prior, stats = params
+        keys = jax.random.split(key, num)
+        psi, theta = jax.vmap(lambda k: sample_posterior(k, prior, stats, method))(keys)
+        return jnp.concatenate([psi.reshape(num, -1), theta.reshape(num, -1)], axis=1)
+
+    def whiten(params, x):
+        prior, stats = params
+        return _chain_innovations(prior, stats, x, method)
+
+    return draw, whiten
 
 
 def dts_sampler(state: DTSState) -> SampledClaim:
     """dTS's draw itself as a claim: one call of
     :func:`~ppl_bandits.diffusion.posterior.sample_posterior` per draw on the state's
-    statistics (``method="dts"`` for neural links, ``"exact"`` for linear ones)."""
+    statistics (``method="dts"`` for neural links, ``"exact"`` for linear ones).
+
+    The claim's ``whiten`` map gives the whitened innovations of a point under the same
+    chain (ψ_L, ψ_ℓ | ψ_{ℓ+1} down to ψ_1, θ_a | ψ_1): standard normal when the point is
+    a draw, whatever the links. ``params`` are (prior, statistics), the method is static,
+    so ``jax.vmap(dts_sampler)`` gives a batch of claims.
+
+    With linear links the squared norm of the innovations is the Mahalanobis distance
+    under the Gaussian of :func:`dts_posterior`:
+
+    >>> from models.diffusion import diffusion_prior
+    >>> p = diffusion_prior(jnp.eye(2)[None], jnp.eye(2), num_actions=3, links=jnp.eye(2)[None])
+    >>> agent = dts()
+    >>> state = agent.init(jax.random.key(0), p)
+    >>> state = agent.update(jax.random.key(1), state, jnp.ones((3, 2)), 1, 0.5)
+    >>> claim, g = dts_sampler(state), dts_posterior(state)
+    >>> x = claim.sample(jax.random.key(2), 1)[0]
+    >>> e = x - g.mean
+    >>> q = float(jnp.sum(claim.whitened(x) ** 2))
+    >>> abs(q - float(e @ jnp.linalg.solve(g.cov, e))) < 1e-4 * q
+    True
+    """
     method = "dts" if state.prior.neural is not None else "exact"
-    return SampledClaim(
-        _draw_dts, (state.prior, state_stats(state), method), diffusion_sites(state)
-    )
+    draw, whiten = _dts_claim_functions(method)
+    return SampledClaim(draw, (state.prior, state_stats(state)), diffusion_sites(state), whiten)
 
 
 def dts_approximation_claim(state: DTSState) -> GaussianClaim:
@@ -241,6 +314,11 @@ def dts_posterior(state: DTSState):
         state.cond_sqrt @ jnp.swapaxes(state.cond_sqrt, -1, -2),
     )
     return GaussianClaim(g.mean, g.cov, sites)
+
+
+def dts_newton_failures(state: DTSState) -> jax.Array:
+    """() number of updates whose Newton iteration did not converge (0 for Gaussian rewards)."""
+    return state.newton_failures
 
 
 def dts(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -60,6 +61,7 @@ __all__ = [
     "load_samples",
     "noise_schedule",
     "pretrain",
+    "pretrain_ddpm_prior",
     "sample_ddpm",
     "save_ddpm",
     "train_ddpm",
@@ -557,3 +559,54 @@ def _plot_pretraining(path, train, model, losses, record) -> None:
     ax_loss.set_title(f"final loss {record['final_loss']:.4g}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def pretrain_ddpm_prior(
+    *,
+    dim: int,
+    num_actions: int,
+    num_samples: int = 1000,
+    num_steps: int = 10,
+    train_steps: int = 3000,
+    hidden: int = 32,
+    training: str = "gaussian",
+    prior_dir=None,
+    seed: int = 0,
+):
+    """A DDPM diffusion prior: loaded from ``prior_dir``, or pre-trained here.
+
+    Pre-training (:func:`ppl_bandits.diffusion.ddpm.train_ddpm`) uses ``num_samples`` draws of the
+    ``training`` set (default N(0, I_d), the paper's App. G.3) and
+    ceil(train_steps / batches per epoch) epochs, so that every sample size gets about
+    ``train_steps`` Adam steps. Returns (DiffusionPrior, JSON-ready description).
+    """
+
+    t0 = time.perf_counter()
+    if prior_dir is not None:
+        params, settings = load_ddpm(prior_dir)
+        if settings.dim != dim:
+            raise ValueError(
+                f"prior_dir {str(prior_dir)!r} holds a DDPM of dim {settings.dim}; expected dim "
+                f"{dim} (the audit's d)"
+            )
+        info = {"prior": "ddpm", "prior_dir": str(prior_dir), "settings": settings._asdict()}
+    else:
+        for arg, value in (("num_samples", num_samples), ("train_steps", train_steps)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{arg} is {value!r}; expected an integer >= 1")
+        settings = DDPMSettings(dim=dim, num_steps=int(num_steps), hidden=int(hidden))
+        data = training_set(training, int(num_samples), jax.random.key(seed + 7919), dim=dim)
+        batches = max(1, int(num_samples) // min(MAX_BATCH, int(num_samples)))
+        epochs = math.ceil(int(train_steps) / batches)
+        params, losses = train_ddpm(jax.random.key(seed + 104729), data, settings, epochs=epochs)
+        info = {
+            "prior": "ddpm",
+            "training_set": training,
+            "pretrain_samples": int(num_samples),
+            "epochs": epochs,
+            "adam_steps": epochs * batches,
+            "final_loss": float(np.mean(np.asarray(losses)[-50:])),
+            "settings": settings._asdict(),
+        }
+    info["pretrain_seconds"] = time.perf_counter() - t0
+    return ddpm_prior(params, settings, num_actions), info

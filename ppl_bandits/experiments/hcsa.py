@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from ppl_bandits.core.types import Agent
 from ppl_bandits.experiments.registry import ExperimentSpec
-from ppl_bandits.linear_contextual.baselines import drts, hy_ran, lin_ts, lin_ucb, sup_lin_ucb
+from ppl_bandits.linear_contextual.baselines import (
+    drts,
+    hy_ran,
+    shared_lin_ts,
+    shared_lin_ucb,
+    sup_lin_ucb,
+)
 from ppl_bandits.linear_contextual.environment import check_int, hcsa_environment
 from ppl_bandits.linear_contextual.hcsa import hcsa_ts
 from ppl_bandits.linear_contextual.metrics import prediction_error_curve
@@ -26,29 +32,31 @@ def hcsa_experiment_agents(
 ) -> list[Agent]:
     """HCSA+TS and the baselines of Sec. 6 with one setting each.
 
-    The paper tuned v (TS methods) and the confidence inflation α (LinUCB) on the grid
-    {0.001, 0.01, 0.1, 1}; the defaults are single grid points, so rerun over the grid for a
-    tuned comparison. SupLinUCB uses its theoretical α and needs the ``horizon``.
+    The paper tuned v (TS methods) and the confidence inflation α (LinUCB-shared) on the
+    grid {0.001, 0.01, 0.1, 1}; the defaults are single grid points, so rerun over the grid
+    for a tuned comparison. SupLinUCB uses its theoretical α and needs the ``horizon``.
 
     Parameters
     ----------
     names : sequence of str, optional
-        Agents to return, matched case-insensitively (default: all six, in order).
+        Agents to return, matched case-insensitively (default: all six, in order); the
+        shared-θ baselines are "LinTS-shared" and "LinUCB-shared" (the per-action "LinTS"
+        and "LinUCB" of the mixed-effect family are not in this family and are rejected).
 
     Returns
     -------
     list of Agent
-        HCSA+TS, LinTS (ridge, λ = ``lam``), LinUCB, DRTS, HyRan, SupLinUCB.
+        HCSA+TS, LinTS-shared (ridge, λ = ``lam``), LinUCB-shared, DRTS, HyRan, SupLinUCB.
 
     >>> [a.name for a in hcsa_experiment_agents(horizon=100)]
-    ['HCSA+TS', 'LinTS', 'LinUCB', 'DRTS', 'HyRan', 'SupLinUCB']
-    >>> [a.name for a in hcsa_experiment_agents(horizon=100, names=["linucb", "HCSA+TS"])]
-    ['LinUCB', 'HCSA+TS']
+    ['HCSA+TS', 'LinTS-shared', 'LinUCB-shared', 'DRTS', 'HyRan', 'SupLinUCB']
+    >>> [a.name for a in hcsa_experiment_agents(horizon=100, names=["linucb-shared", "HCSA+TS"])]
+    ['LinUCB-shared', 'HCSA+TS']
     """
     factories = {
         "HCSA+TS": lambda: hcsa_ts(v=v, gamma=gamma, delta=delta, lam=lam, aug_scale=aug_scale),
-        "LinTS": lambda: lin_ts(v=v, lam=lam),
-        "LinUCB": lambda: lin_ucb(alpha=alpha, lam=lam),
+        "LinTS-shared": lambda: shared_lin_ts(v=v, lam=lam),
+        "LinUCB-shared": lambda: shared_lin_ucb(alpha=alpha, lam=lam),
         "DRTS": lambda: drts(v=v, lam=lam, delta=delta),
         "HyRan": lambda: hy_ran(p=hyran_p),
         "SupLinUCB": lambda: sup_lin_ucb(horizon=horizon),
@@ -170,7 +178,7 @@ def register_experiments(register) -> None:
             ExperimentSpec(
                 name,
                 f"{what}; regret and max prediction error of HCSA+TS, DRTS, HyRan, "
-                "SupLinUCB, LinTS, LinUCB",
+                "SupLinUCB, LinTS-shared, LinUCB-shared",
                 {**HCSA_DEFAULTS, "kind": kind},
                 _hcsa_builder,
                 metrics=_hcsa_metrics,

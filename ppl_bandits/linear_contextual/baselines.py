@@ -17,10 +17,13 @@ Environments (:func:`hcsa_environment`, W. Kim 2025, Sec. 6):
   ``rank``-dimensional subspace drawn per problem.
 
 Agents (all ``(init, act, update)`` with NamedTuple states, jit- and vmap-compatible):
-:func:`lin_ts` (conjugate Gaussian posterior, exploration scale v), :func:`lin_ucb`
-(OFUL, Abbasi-Yadkori, Pál, Szepesvári 2011), :func:`drts` (Kim, Kim, Paik 2021),
-:func:`hy_ran` (Kim, Paik, Oh 2023), :func:`sup_lin_ucb` (Chu, Li, Reyzin, Schapire 2011),
-:func:`uniform_random`, and HCSA+TS from :mod:`ppl_bandits.linear_contextual.hcsa`.
+:func:`shared_lin_ts` ("LinTS-shared": conjugate Gaussian posterior, exploration scale v),
+:func:`shared_lin_ucb` ("LinUCB-shared": OFUL, Abbasi-Yadkori, Pál, Szepesvári 2011),
+:func:`drts` (Kim, Kim, Paik 2021), :func:`hy_ran` (Kim, Paik, Oh 2023), :func:`sup_lin_ucb`
+(Chu, Li, Reyzin, Schapire 2011), :func:`uniform_random`, and HCSA+TS from
+:mod:`ppl_bandits.linear_contextual.hcsa`. The shared-θ LinTS and LinUCB carry the suffix
+"-shared"; the per-action "LinTS" and "LinUCB" of :mod:`ppl_bandits.mixed_effect.baselines`
+are different algorithms.
 
 Experiments (``ppl-bandits simulate hcsa``, ``hcsa-drift``, ``hcsa-low-rank``; see
 :func:`register_experiments`): the six agents of :func:`hcsa_experiment_agents`, the
@@ -59,8 +62,8 @@ from ppl_bandits.linear_contextual.hcsa import (
 __all__ = [
     "DRTSState",
     "HyRanState",
-    "LinTSState",
-    "LinUCBState",
+    "SharedLinTSState",
+    "SharedLinUCBState",
     "SupLinUCBState",
     "UniformState",
     "drts",
@@ -71,12 +74,12 @@ __all__ = [
     "hy_ran",
     "hy_ran_claim",
     "hy_ran_regularizer",
-    "lin_ts",
-    "lin_ts_claim",
-    "lin_ts_posterior",
-    "lin_ucb",
-    "lin_ucb_claim",
     "oful_radius",
+    "shared_lin_ts",
+    "shared_lin_ts_claim",
+    "shared_lin_ts_posterior",
+    "shared_lin_ucb",
+    "shared_lin_ucb_claim",
     "sup_lin_ucb",
     "sup_lin_ucb_claim",
     "uniform_random",
@@ -145,7 +148,7 @@ def uniform_random(*, name: str = "Uniform") -> Agent:
     return Agent(name, init, act, update)
 
 
-class LinTSState(NamedTuple):
+class SharedLinTSState(NamedTuple):
     """Gaussian posterior of θ* in natural parameters (sufficient statistics G and B)."""
 
     precision: jax.Array
@@ -156,11 +159,11 @@ class LinTSState(NamedTuple):
     """() σ², the reward noise variance the posterior assumes."""
 
 
-def lin_ts_posterior(state: LinTSState):
+def shared_lin_ts_posterior(state: SharedLinTSState):
     r"""Posterior mean G⁻¹B and covariance G⁻¹ of θ* (v = 1): the exact conjugate posterior.
 
-    >>> s = LinTSState(4.0 * jnp.eye(2), jnp.array([4.0, 0.0]), jnp.float32(1.0))
-    >>> lin_ts_posterior(s)[0]
+    >>> s = SharedLinTSState(4.0 * jnp.eye(2), jnp.array([4.0, 0.0]), jnp.float32(1.0))
+    >>> shared_lin_ts_posterior(s)[0]
     Array([1., 0.], dtype=float32)
     """
     d = state.moment.shape[0]
@@ -170,14 +173,14 @@ def lin_ts_posterior(state: LinTSState):
     return cov @ state.moment, cov
 
 
-def lin_ts(
+def shared_lin_ts(
     v: float = 1.0,
     lam: float | None = None,
     *,
     noise_sd: float | None = None,
-    name: str = "LinTS",
+    name: str = "LinTS-shared",
 ) -> Agent:
-    r"""Linear Thompson sampling with one shared θ and a Gaussian posterior.
+    r"""LinTS-shared: linear Thompson sampling with one shared θ and a Gaussian posterior.
 
     Bayesian (``lam=None``): prior θ* ~ N(μ, Σ) and noise σ from the
     :class:`~models.linear_bandit.LinearBanditPrior` given to ``init``; the posterior
@@ -204,10 +207,10 @@ def lin_ts(
     Examples
     --------
     >>> from models.linear_bandit import isotropic_linear_bandit_prior
-    >>> ag = lin_ts()
+    >>> ag = shared_lin_ts()
     >>> s = ag.init(jax.random.key(0), isotropic_linear_bandit_prior(2, noise_sd=1.0))
     >>> s = ag.update(jax.random.key(1), s, jnp.eye(2), 0, jnp.float32(1.0))
-    >>> lin_ts_posterior(s)[0].round(4)
+    >>> shared_lin_ts_posterior(s)[0].round(4)
     Array([0.3333, 0.    ], dtype=float32)
     """
     v = check_positive("v", v)
@@ -216,7 +219,7 @@ def lin_ts(
     if noise_sd is not None:
         noise_sd = check_positive("noise_sd", noise_sd)
 
-    def init(key, prior: LinearBanditPrior) -> LinTSState:
+    def init(key, prior: LinearBanditPrior) -> SharedLinTSState:
         d, dtype = prior_dim_dtype(prior)
         sd = jnp.asarray(prior.noise_sd if noise_sd is None else noise_sd, dtype)
         if lam is None:
@@ -227,9 +230,9 @@ def lin_ts(
         else:
             prec = (lam / sd**2) * jnp.eye(d, dtype=dtype)
             moment = jnp.zeros((d,), dtype)
-        return LinTSState(prec, moment, sd**2)
+        return SharedLinTSState(prec, moment, sd**2)
 
-    def act(key, state: LinTSState, contexts):
+    def act(key, state: SharedLinTSState, contexts):
         d = state.moment.shape[0]
         contexts = _prepare(d, state.moment.dtype, contexts)
         # θ̃ = L⁻ᵀ(L⁻¹B + vξ) = G⁻¹B + v L⁻ᵀξ: two dependent triangular solves
@@ -239,20 +242,20 @@ def lin_ts(
         theta = solve_triangular(L.T, half + v * xi, lower=False)
         return jnp.argmax(contexts @ theta).astype(jnp.int32)
 
-    def update(key, state: LinTSState, contexts, action, reward) -> LinTSState:
+    def update(key, state: SharedLinTSState, contexts, action, reward) -> SharedLinTSState:
         d = state.moment.shape[0]
         contexts, reward = _prepare_update(d, state.moment.dtype, contexts, action, reward)
         x = contexts[action]
-        return LinTSState(
+        return SharedLinTSState(
             state.precision + jnp.outer(x, x) / state.noise_var,
             state.moment + x * reward / state.noise_var,
             state.noise_var,
         )
 
-    return Agent(name, init, act, update, lin_ts_claim)
+    return Agent(name, init, act, update, shared_lin_ts_claim)
 
 
-class LinUCBState(NamedTuple):
+class SharedLinUCBState(NamedTuple):
     """Ridge statistics of OFUL."""
 
     gram: jax.Array
@@ -282,16 +285,16 @@ def _oful_beta(logdet, d, lam, noise_sd, delta, theta_norm_bound):
     return noise_sd * jnp.sqrt(jnp.maximum(inner, 0.0)) + math.sqrt(lam) * theta_norm_bound
 
 
-def lin_ucb(
+def shared_lin_ucb(
     alpha: float = 1.0,
     lam: float = 1.0,
     delta: float = 0.05,
     *,
     theta_norm_bound: float = 1.0,
     noise_sd: float | None = None,
-    name: str = "LinUCB",
+    name: str = "LinUCB-shared",
 ) -> Agent:
-    r"""OFUL / LinUCB (Abbasi-Yadkori, Pál, Szepesvári 2011).
+    r"""LinUCB-shared: OFUL / LinUCB with one shared θ (Abbasi-Yadkori, Pál, Szepesvári 2011).
 
     Plays :math:`\arg\max_i x_i^\top\hat\theta_t + \alpha\,\beta_t(\delta)\,\|x_i\|_{V_t^{-1}}`
     with :math:`\hat\theta_t = V_t^{-1}\sum_s x_s y_s` and β from :func:`oful_radius`.
@@ -311,7 +314,7 @@ def lin_ucb(
     Examples
     --------
     >>> from models.linear_bandit import isotropic_linear_bandit_prior
-    >>> ag = lin_ucb()
+    >>> ag = shared_lin_ucb()
     >>> s = ag.init(jax.random.key(0), isotropic_linear_bandit_prior(2))
     >>> int(ag.act(jax.random.key(1), s, jnp.array([[0.1, 0.0], [1.0, 0.0]])))
     1
@@ -323,27 +326,27 @@ def lin_ucb(
     if noise_sd is not None:
         noise_sd = check_positive("noise_sd", noise_sd)
 
-    def init(key, prior) -> LinUCBState:
+    def init(key, prior) -> SharedLinUCBState:
         d, dtype = prior_dim_dtype(prior)
         sd = prior.noise_sd if noise_sd is None else noise_sd
-        return LinUCBState(
+        return SharedLinUCBState(
             lam * jnp.eye(d, dtype=dtype), jnp.zeros((d,), dtype), jnp.asarray(sd, dtype)
         )
 
-    def act(key, state: LinUCBState, contexts):
+    def act(key, state: SharedLinUCBState, contexts):
         d = state.moment.shape[0]
         contexts = _prepare(d, state.moment.dtype, contexts)
         theta, widths2, logdet = _chol_solve_and_widths(state.gram, state.moment, contexts)
         beta = _oful_beta(logdet, d, lam, state.noise_sd, delta, theta_norm_bound)
         return jnp.argmax(contexts @ theta + alpha * beta * jnp.sqrt(widths2)).astype(jnp.int32)
 
-    def update(key, state: LinUCBState, contexts, action, reward) -> LinUCBState:
+    def update(key, state: SharedLinUCBState, contexts, action, reward) -> SharedLinUCBState:
         d = state.moment.shape[0]
         contexts, reward = _prepare_update(d, state.moment.dtype, contexts, action, reward)
         x = contexts[action]
         return state._replace(gram=state.gram + jnp.outer(x, x), moment=state.moment + reward * x)
 
-    return Agent(name, init, act, update, lin_ucb_claim)
+    return Agent(name, init, act, update, shared_lin_ucb_claim)
 
 
 class DRTSState(NamedTuple):
@@ -798,7 +801,7 @@ def sup_lin_ucb(
 def estimate_claim(matrix, moment) -> GaussianClaim:
     """The Gaussian claim N(A⁻¹b, A⁻¹) of an estimate θ̂ = A⁻¹b with SPD ``matrix`` A.
 
-    Site ``("theta", (d,))``. For the Bayesian LinTS (v = 1) it is the exact conjugate
+    Site ``("theta", (d,))``. For the Bayesian LinTS-shared (v = 1) it is the exact conjugate
     posterior; for the other agents of this family it is the Gaussian of their regularised
     estimator (its mean is the point estimate they act on; the covariance is the inverse of
     the regularised Gram, which their confidence widths or sampling scales multiply).
@@ -808,12 +811,12 @@ def estimate_claim(matrix, moment) -> GaussianClaim:
     return GaussianClaim(spd_solve(matrix, moment), cov, (("theta", (d,)),))
 
 
-def lin_ts_claim(state: LinTSState) -> GaussianClaim:
-    """LinTS's posterior N(G⁻¹B, G⁻¹) (the ridge estimate and its inverse Gram in ridge mode)."""
+def shared_lin_ts_claim(state: SharedLinTSState) -> GaussianClaim:
+    """LinTS-shared's posterior N(G⁻¹B, G⁻¹) (in ridge mode the ridge estimate and inverse Gram)."""
     return estimate_claim(state.precision, state.moment)
 
 
-def lin_ucb_claim(state: LinUCBState) -> GaussianClaim:
+def shared_lin_ucb_claim(state: SharedLinUCBState) -> GaussianClaim:
     """N(V⁻¹Σ x y, V⁻¹) with V = λI + Σ x xᵀ: OFUL's ridge estimate and its ellipsoid's shape."""
     return estimate_claim(state.gram, state.moment)
 

@@ -773,7 +773,7 @@ def hcsa_ts(
     sampling_gamma: float | None = None,
     name: str = "HCSA+TS",
 ) -> Agent:
-    r"""HCSA+TS (Algorithm 2): LinTS on the HCSA estimator, with coupled arm selection.
+    r"""HCSA+TS (Algorithm 2): LinTS-shared on the HCSA estimator, with coupled arm selection.
 
     Each round t: (act) run :func:`coupled_arm_selection` with
     :math:`\tilde\theta \sim N(\hat\theta_{t-1}, v^2 V_{t-1}^{-1})` (see

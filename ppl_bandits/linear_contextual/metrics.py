@@ -23,8 +23,8 @@ def point_estimate(agent: Agent, state):
     r"""The point estimate θ̂ an agent's state holds for the coming round (d,), vmap-compatible.
 
     The mean of the posterior the agent claims, ``agent.posterior(state).mean``: for
-    HCSA+TS :math:`V_t^{+}W_t` (eq. 15), for LinTS :math:`G^{-1}B`, for LinUCB, DRTS, HyRan
-    and SupLinUCB their regularised estimates (see each agent's claim in
+    HCSA+TS :math:`V_t^{+}W_t` (eq. 15), for LinTS-shared :math:`G^{-1}B`, for LinUCB-shared,
+    DRTS, HyRan and SupLinUCB their regularised estimates (see each agent's claim in
     :mod:`ppl_bandits.linear_contextual.baselines` and
     :func:`ppl_bandits.linear_contextual.hcsa.hcsa_claim`). Nothing here reads a state field.
 
@@ -36,16 +36,16 @@ def point_estimate(agent: Agent, state):
     Examples
     --------
     >>> from models.linear_bandit import isotropic_linear_bandit_prior
-    >>> from ppl_bandits.linear_contextual.baselines import lin_ts
-    >>> agent = lin_ts()
+    >>> from ppl_bandits.linear_contextual.baselines import shared_lin_ts
+    >>> agent = shared_lin_ts()
     >>> point_estimate(agent, agent.init(jax.random.key(0), isotropic_linear_bandit_prior(2)))
     Array([0., 0.], dtype=float32)
     """
     if agent.posterior is None:
         raise ValueError(
             f"state is a {type(state).__name__} of agent {agent.name}, which claims no "
-            "posterior; expected an agent with a point estimate (HCSA+TS, LinTS, LinUCB, "
-            "DRTS, HyRan or SupLinUCB)"
+            "posterior; expected an agent with a point estimate (HCSA+TS, LinTS-shared, "
+            "LinUCB-shared, DRTS, HyRan or SupLinUCB)"
         )
     return agent.posterior(state).mean
 

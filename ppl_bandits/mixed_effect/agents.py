@@ -61,6 +61,7 @@ __all__ = [
     "hier_ts",
     "hierts_prior",
     "mets",
+    "mets_newton_failures",
     "mets_posterior",
     "sample_actions",
     "sample_effects",
@@ -228,6 +229,11 @@ def mets_posterior(state: MeTSState, factored: str | None = None) -> GaussianCla
     return GaussianClaim(
         jnp.concatenate([m_psi, m_theta]), sym(cov), (("psi", (Ld,)), ("theta", (K, d)))
     )
+
+
+def mets_newton_failures(state: MeTSState) -> jax.Array:
+    """() number of updates whose Newton iteration did not converge (0 for Gaussian rewards)."""
+    return state.newton_failures
 
 
 def mets(

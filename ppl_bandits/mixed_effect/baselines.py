@@ -26,7 +26,15 @@ from ppl_bandits.core.linalg import block_diag, inverse_and_sqrt, sym
 from ppl_bandits.core.types import Agent
 from ppl_bandits.mixed_effect.posterior import marginal_prior
 
-__all__ = ["IndependentState", "glm_ts", "lin_ts", "lin_ucb", "ucb_glm"]
+__all__ = [
+    "IndependentState",
+    "glm_ts",
+    "independent_newton_failures",
+    "independent_posterior",
+    "lin_ts",
+    "lin_ucb",
+    "ucb_glm",
+]
 
 
 class IndependentState(NamedTuple):
@@ -136,6 +144,11 @@ def independent_posterior(state: IndependentState) -> GaussianClaim:
     cov = state.sqrt @ jnp.swapaxes(state.sqrt, -1, -2)
     K, d = state.mean.shape
     return GaussianClaim(state.mean.reshape(-1), sym(block_diag(cov)), (("theta", (K, d)),))
+
+
+def independent_newton_failures(state: IndependentState) -> jax.Array:
+    """() number of Newton fits that did not converge (0 for Gaussian rewards)."""
+    return state.newton_failures
 
 
 def _indep_agent(name, likelihood, horizon, act, newton_tol, newton_max_iter) -> Agent:
