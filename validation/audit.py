@@ -17,17 +17,8 @@ with a NUTS reference of the *exact* NumPyro model conditioned on the same t rou
   whether each was rejected.
 
 Audit models are :class:`~validation.families.AuditFamily` objects in the registry
-:data:`~validation.families.AUDIT_FAMILIES` (:mod:`validation.families`):
-
-=========================  ===========================================  ===================
-model                      agents (exact?)                              NumPyro reference
-=========================  ===========================================  ===================
-``mixed-effect-linear``    meTS-Lin, HierTS (exact); meTS-Lin-Fa        mixed_effect_model
-``mixed-effect-logistic``  meTS-GLM, meTS-GLM-Fa (Laplace: report)      mixed_effect_model
-``linear-bandit``          LinTS-shared (exact)                         linear_bandit_model
-``diffusion-linear``       dTS (exact: linear links, Gaussian rewards)  diffusion_model
-``diffusion-neural``       dTS (the dTS approximation: report)          diffusion_model
-=========================  ===========================================  ===================
+:data:`~validation.families.AUDIT_FAMILIES`; :mod:`validation.families` lists each model with
+its agents and its NumPyro reference.
 
 The claimed posteriors:
 
