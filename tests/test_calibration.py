@@ -16,13 +16,14 @@ from validation.calibration import (
     ALPHA,
     NEGATIVE_CONTROLS,
     POSTERIORS,
-    _pits,
-    _simulate,
     calibrate_nuts,
     calibration_table,
     ecdf_uniformity_test,
     power_curve,
+    replication_pits,
     run_calibration,
+    simulate_replications,
+    study_setup,
     write_calibration,
 )
 from validation.calibration_report import write_calibration_table
@@ -89,11 +90,10 @@ def test_sharded_and_single_device_runs_agree_exactly():
 def test_a_replication_is_the_runners_run_of_the_agent():
     """The fused study program plays the agent's own policy with the runner's keys."""
     from ppl_bandits.core.runner import simulate
-    from validation.calibration import _setup
 
     args = ("meTS-Lin", "mixed-effect-linear", 3, 1, 1, 6)
-    state, params = _simulate(*args, 4, 5, jax.devices()[:1], chunk=2)  # 2 chunks of 2
-    env, agent = _setup(*args)
+    state, params = simulate_replications(*args, 4, 5, jax.devices()[:1], chunk=2)  # 2 chunks of 2
+    env, agent = study_setup(*args)
     ref = simulate(jax.random.key(5), env, agent, num_rounds=6, num_runs=4)
     np.testing.assert_array_equal(state.count, ref.state.count)
     np.testing.assert_array_equal(params.theta, ref.params.theta)
@@ -110,9 +110,11 @@ def test_a_replication_is_the_runners_run_of_the_agent():
 )
 def test_batched_pits_are_the_audit_gaussians(agent, kind, controls):
     K, L, d = 4, 2, 2
-    state, params = _simulate(agent, "mixed-effect-linear", K, L, d, 20, 3, 0, jax.devices())
+    state, params = simulate_replications(
+        agent, "mixed-effect-linear", K, L, d, 20, 3, 0, jax.devices()
+    )
     for control in controls:
-        u, chi2, labels, _ = _pits(agent, state, params, control, rounds=20)
+        u, chi2, labels, _ = replication_pits(agent, state, params, control, rounds=20)
         assert len(labels) == L * d + K * d
         for r in range(3):
             one = jax.tree.map(lambda a, r=r: a[r], state)
@@ -186,11 +188,13 @@ def test_dts_pits_are_the_joint_gaussian_of_the_recursions():
     # float64 (no fixture there): a tiny one. Three replications are checked.
     K, L, d, R = (4, 2, 2, 3) if X64 else (10, 2, 2, 3)
     n, runs = (20, 4) if X64 else (100, 200)
-    state, params = _simulate("dTS", "diffusion-linear", K, L, d, n, runs, 0, jax.devices())
+    state, params = simulate_replications(
+        "dTS", "diffusion-linear", K, L, d, n, runs, 0, jax.devices()
+    )
     state, params = jax.tree.map(lambda a: a[:R], (state, params))
     assert state.count.sum(axis=1).tolist() == [n] * R
     for control in [None, "covariance-x1.3", "mean-shift-0.5sd"]:
-        u, chi2, labels, _ = _pits("dTS", state, params, control, rounds=n)
+        u, chi2, labels, _ = replication_pits("dTS", state, params, control, rounds=n)
         assert labels[0] == "psi[1, 0]" and len(labels) == (L + K) * d
         for r in range(R):
             one = jax.tree.map(lambda a, r=r: a[r], state)

@@ -131,7 +131,10 @@ __all__ = [
     "calibrate_nuts",
     "calibration_table",
     "power_curve",
+    "replication_pits",
     "run_calibration",
+    "simulate_replications",
+    "study_setup",
 ]
 
 #: Central-interval levels whose coverage is reported.
@@ -290,7 +293,7 @@ def _agent(agent: str, rounds: int):
 
 
 @functools.lru_cache(maxsize=32)
-def _setup(agent: str, model: str, K: int, L: int, d: int, rounds: int):
+def study_setup(agent: str, model: str, K: int, L: int, d: int, rounds: int):
     """Environment and agent, cached so repeated studies reuse the compiled program."""
     bandit = _agent(agent, rounds)
     if agent in DIFFUSION_POSTERIORS:
@@ -319,7 +322,7 @@ def _program(agent: str, model: str, K: int, L: int, d: int, rounds: int):
     run the runner would simulate, with the final agent state and the true parameters
     as outputs.
     """
-    env, bandit = _setup(agent, model, K, L, d, rounds)
+    env, bandit = study_setup(agent, model, K, L, d, rounds)
     salt = name_salt(bandit.name)
 
     def one(run_key):
@@ -347,7 +350,7 @@ def _chunk_size(replications: int, devices: int, chunk: int) -> int:
     return per_device * devices
 
 
-def _simulate(agent, model, K, L, d, rounds, replications, seed, devices, chunk=CHUNK):
+def simulate_replications(agent, model, K, L, d, rounds, replications, seed, devices, chunk=CHUNK):
     """Final agent states and true parameters of ``replications`` runs (numpy, on host).
 
     Run r uses ``fold_in(key(seed), r)``. Replications are cut into chunks of one size (a
@@ -558,7 +561,9 @@ def _replication_pits(reps: _Replications, control: str | None, seed: int = 0):
     return u, chi2, _labels(claim.sites, reps.entry), _chi2_labels(claim.sites, reps.entry)
 
 
-def _pits(agent: str, state, params, control: str | None = None, *, rounds: int, seed: int = 0):
+def replication_pits(
+    agent: str, state, params, control: str | None = None, *, rounds: int, seed: int = 0
+):
     """The PITs of a study of ``agent`` (``rounds`` rounds) from its final states and truth."""
     return _replication_pits(_read(agent, rounds, state, params), control, seed)
 
@@ -690,7 +695,9 @@ def run_calibration(
 
     timings = {"setup": time.perf_counter() - started}
     t0 = time.perf_counter()
-    state, params = _simulate(agent, model, K, L, d, rounds, replications, seed, devices, chunk)
+    state, params = simulate_replications(
+        agent, model, K, L, d, rounds, replications, seed, devices, chunk
+    )
     timings["simulate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     reps = _read(agent, rounds, state, params)
@@ -777,7 +784,7 @@ def power_curve(
     devices = _resolve_devices(devices)
     started = time.perf_counter()
     total = studies * max(sizes)
-    state, params = _simulate(
+    state, params = simulate_replications(
         agent,
         model,
         K,
