@@ -26,7 +26,7 @@ from ppl_bandits.diffusion.ddpm import pretrain
 from ppl_bandits.experiments.ablation import ablation_value, run_ablation, write_ablation
 from ppl_bandits.experiments.catalog import list_experiments, run_experiment
 from ppl_bandits.experiments.report import write_simulation_report
-from ppl_bandits.results import collect_versions, command_line, prepare_out_dir, write_json
+from ppl_bandits.results import check_out_dir, collect_versions, command_line, write_json
 from ppl_bandits.runtime import configure_cpu
 from validation.audit import run_audit
 from validation.calibration import calibration_table, run_calibration
@@ -727,7 +727,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "out", None) is not None:
-            prepare_out_dir(args.out)
+            check_out_dir(args.out)
         if args.command == "simulate":
             return _simulate(args, command)
         if args.command in ("audit", "demo"):

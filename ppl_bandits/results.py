@@ -12,7 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["collect_versions", "command_line", "prepare_out_dir", "strict_json", "write_json"]
+__all__ = [
+    "check_out_dir",
+    "collect_versions",
+    "command_line",
+    "prepare_out_dir",
+    "strict_json",
+    "write_json",
+]
 
 _PACKAGES = (
     "ppl-bandits",
@@ -118,3 +125,25 @@ def prepare_out_dir(out, option: str = "--out") -> Path:
             f"({exc.strerror or exc})"
         ) from None
     return path
+
+
+def check_out_dir(out, option: str = "--out") -> Path:
+    """Check, before any computation, that the output directory can be created and written.
+
+    :func:`prepare_out_dir`, after which every directory this check created is removed
+    again, so that a command which then fails on its input leaves nothing behind; the
+    writers create the directory when they write. Raises ``ValueError`` naming ``option``.
+    """
+    path = Path(out).absolute()
+    missing = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    prepare_out_dir(out, option)
+    for made in missing:  # deepest first
+        try:
+            made.rmdir()
+        except OSError:  # pragma: no cover - something was written there meanwhile
+            break
+    return Path(out)

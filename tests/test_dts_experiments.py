@@ -177,7 +177,7 @@ def test_ablation_command_writes_a_table_and_a_plot(tmp_path, capsys):
     from ppl_bandits.cli import main as ablation_main
 
     out = tmp_path / "abl"
-    rc = ablation_main(["--experiment", "dts-linear", "--over", "K", "--values", "3,5",
+    rc = ablation_main(["ablation", "--experiment", "dts-linear", "--over", "K", "--values", "3,5",
                         "--runs", "2", "--rounds", "5", "--agents", "LinTS", "--set", "dim=2",
                         "--set", "num_effects=1", "--out", str(out), "--quiet"])  # fmt: skip
     assert rc == 0
@@ -185,7 +185,7 @@ def test_ablation_command_writes_a_table_and_a_plot(tmp_path, capsys):
     assert rows["value"].tolist() == [3, 5] and (out / "ablation.png").is_file()
     assert json.loads((out / "ablation.json").read_text())["seed"] == 0
     capsys.readouterr()
-    bad = ablation_main(["--over", "K", "--values", "3", "--set", "num_actions=4",
+    bad = ablation_main(["ablation", "--over", "K", "--values", "3", "--set", "num_actions=4",
                          "--out", str(tmp_path / "bad")])  # fmt: skip
     assert bad == 2  # the swept option cannot also be fixed
     assert "num_actions is both swept" in capsys.readouterr().err
