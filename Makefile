@@ -24,13 +24,19 @@ lint: install
 	$(BIN)/lint-imports
 
 # The default pass runs in float32 (JAX's default); the exactness tests then run
-# again in float64, where their tolerances are round-off level.
+# again in float64, where their tolerances are round-off level. Test files are spread over
+# TEST_WORKERS processes (pytest-xdist; `auto`: one per core), each file kept on one worker
+# so that its module fixtures (NUTS references, the docs build) are made once; the workers
+# share JAX's persistent compilation cache (see conftest.py).
+TEST_WORKERS ?= auto
+PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: lint
-	$(BIN)/pytest -m "not slow" ppl_bandits models validation tests
-	JAX_ENABLE_X64=1 $(BIN)/pytest -m "exact and not slow" tests
+	$(PYTEST) -m "not slow" ppl_bandits models validation tests
+	JAX_ENABLE_X64=1 $(PYTEST) -m "exact and not slow" tests
 
 test-slow: install
-	$(BIN)/pytest -m slow tests
+	$(PYTEST) -m slow tests
 
 format: install
 	$(BIN)/ruff format .

@@ -2,15 +2,37 @@
 
 The XLA settings of the command line apply to the tests too (see ppl_bandits/runtime.py);
 ``configure_cpu`` runs before any test module starts JAX.
+
+The suite compiles several thousand XLA programs, and on a 2-core CPU compilation is most of
+its time. Many programs recur across test modules (the same agent, runner or NUTS kernel at
+the same shapes), so the tests share JAX's persistent compilation cache: a program compiled
+once is loaded from disk by every later module, by the other pytest-xdist worker, and by the
+notebook kernels and subprocesses the tests start (they inherit the environment). The cache
+lives in ``.pytest_cache/jax-compilation`` (``make clean`` removes it), is keyed by the
+program, the XLA flags and the library versions (about 50 MB a pass; it grows only as the
+code changes). A clean clone starts it empty; ``JAX_COMPILATION_CACHE_DIR`` set by the caller
+takes precedence.
 """
 
 import os
+from pathlib import Path
 
 import pytest
 
 from ppl_bandits.runtime import configure_cpu
 
 configure_cpu()
+
+#: Settings of JAX's persistent compilation cache for the test suite (environment variables,
+#: read when JAX is first imported, so that subprocesses and notebook kernels use them too).
+_CACHE_SETTINGS = {
+    "JAX_COMPILATION_CACHE_DIR": str(Path(__file__).parent / ".pytest_cache" / "jax-compilation"),
+    # Cache every program, however fast it compiled: most of the suite's are small.
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+for _name, _value in _CACHE_SETTINGS.items():
+    os.environ.setdefault(_name, _value)
 
 
 @pytest.fixture(autouse=True, scope="module")
