@@ -1,14 +1,24 @@
-"""Provenance of result files: the command, the seed and the library versions."""
+"""The one writer of result files and their provenance.
+
+Every command and study of the project writes its records through this module:
+
+- :func:`provenance` gives the fields every record carries: the command that made it, the
+  seed, the wall time and the library versions;
+- :func:`write_json` writes strict JSON (RFC 8259: no NaN or Infinity, ``null`` instead);
+- :func:`prepare_out_dir` and :func:`check_out_dir` check an output directory before any
+  computation starts, with one error that names the option.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import shlex
 import sys
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -17,6 +27,7 @@ __all__ = [
     "collect_versions",
     "command_line",
     "prepare_out_dir",
+    "provenance",
     "strict_json",
     "write_json",
 ]
@@ -44,8 +55,6 @@ def collect_versions() -> dict:
     >>> sorted(k for k in ("jax", "numpyro", "arviz", "numpy", "python") if k in v)
     ['arviz', 'jax', 'numpy', 'numpyro', 'python']
     """
-    import os
-
     out = {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -74,6 +83,26 @@ def command_line(argv=None) -> str:
     return " ".join([prog, *(shlex.quote(a) for a in argv[1:])])
 
 
+def provenance(*, seed, wall_seconds, command: str | None = None) -> dict:
+    """The fields every result record carries: ``command``, ``seed``, ``wall_seconds``,
+    ``versions``.
+
+    ``command`` defaults to the running process's command line (:func:`command_line`);
+    ``seed`` is the seed the result was made from (None where nothing was random), and
+    ``wall_seconds`` the wall-clock time of the work the record reports.
+
+    >>> p = provenance(seed=3, wall_seconds=1.5, command="ppl-bandits demo")
+    >>> sorted(p), p["seed"], p["command"]
+    (['command', 'seed', 'versions', 'wall_seconds'], 3, 'ppl-bandits demo')
+    """
+    return {
+        "command": command_line() if command is None else str(command),
+        "seed": seed,
+        "wall_seconds": None if wall_seconds is None else float(wall_seconds),
+        "versions": collect_versions(),
+    }
+
+
 def strict_json(obj):
     """``obj`` with numpy values converted and every NaN or infinity replaced by ``None``.
 
@@ -94,6 +123,8 @@ def strict_json(obj):
         return strict_json(obj.item())
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
+    if isinstance(obj, PurePath):
+        return str(obj)
     if hasattr(obj, "tolist") and not isinstance(obj, str | bytes):
         return strict_json(np.asarray(obj).tolist())
     return obj
@@ -107,13 +138,22 @@ def write_json(path, obj) -> Path:
     return path
 
 
-def prepare_out_dir(out, option: str = "--out") -> Path:
-    """Create the output directory and check that a file can be written there.
+def prepare_out_dir(out, option: str = "--out", *, files=()) -> Path:
+    """Create the output directory and check that files can be written there.
 
-    Called before any computation, so that an unwritable ``--out`` costs nothing: raises
-    ``ValueError`` naming ``option``, the path and the reason.
+    Called before any computation, so that an unwritable output costs nothing: raises
+    ``ValueError`` naming ``option``, the path and the reason, when ``out`` is not a path,
+    is an existing file, cannot be created or written, or holds one of ``files`` (names the
+    caller will write) that cannot be overwritten.
     """
-    path = Path(out)
+    try:
+        path = Path(out)
+    except TypeError:
+        raise ValueError(
+            f"{option} is {type(out).__name__}; expected a directory path (str or os.PathLike)"
+        ) from None
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} is {str(path)!r}, which is a file; expected a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".ppl-bandits-write-check"
@@ -121,9 +161,16 @@ def prepare_out_dir(out, option: str = "--out") -> Path:
         probe.unlink()
     except OSError as exc:
         raise ValueError(
-            f"{option} is {str(out)!r}; expected a directory that can be created and written "
-            f"({exc.strerror or exc})"
+            f"{option} is {str(path)!r}, which cannot be created or written "
+            f"({exc.strerror or exc}); expected a writable directory"
         ) from None
+    for name in files:
+        target = path / name
+        if target.exists() and (not target.is_file() or not os.access(target, os.W_OK)):
+            raise ValueError(
+                f"{option} is {str(path)!r}, where {name} exists and cannot be overwritten; "
+                "expected a writable directory"
+            )
     return path
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ppl_bandits.plotting import subplots
-from ppl_bandits.results import collect_versions, command_line, write_json
+from ppl_bandits.results import provenance, write_json
 from validation.ecdf import ALPHA, ecdf_band
 
 __all__ = ["TABLE_COLUMNS", "table_row", "write_calibration", "write_calibration_table"]
@@ -97,11 +97,12 @@ def write_calibration(result: dict, out_dir) -> Path:
             for c in result.get("negative_controls", [])
         ],
         "labels": list(result["labels"]) + list(result["chi2_labels"]),
-        "wall_seconds": result.get("wall_seconds"),
         "devices": result.get("devices"),
-        "command": result.get("command") or command_line(),
-        "seed": result.get("seed"),
-        "versions": collect_versions(),
+        **provenance(
+            seed=result.get("seed"),
+            wall_seconds=result.get("wall_seconds"),
+            command=result.get("command"),
+        ),
     }
     path = write_json(out / "calibration.json", record)
     header = ",".join(list(result["labels"]) + list(result["chi2_labels"]))
@@ -241,8 +242,10 @@ def write_calibration_table(rows: list[dict], out_dir, *, settings: dict | None 
             "rows": rows,
             "settings": settings,
             "alpha": settings.get("alpha", ALPHA),
-            "command": settings.get("command") or command_line(),
-            "seed": settings.get("seed"),
-            "versions": collect_versions(),
+            **provenance(
+                seed=settings.get("seed"),
+                wall_seconds=settings.get("wall_seconds"),
+                command=settings.get("command"),
+            ),
         },
     )

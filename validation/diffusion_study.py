@@ -50,7 +50,7 @@ import numpy as np
 from ppl_bandits.diffusion.ddpm import pretrain_ddpm_prior
 from ppl_bandits.diffusion.environment import fixed_prior_environment
 from ppl_bandits.plotting import subplots
-from ppl_bandits.results import collect_versions, write_json
+from ppl_bandits.results import provenance, write_json
 from validation.audit import run_audit
 from validation.compare import energy_distance, gaussian_w2
 
@@ -424,10 +424,7 @@ def write_diffusion_study(
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     meta = {
         "settings": settings,
-        "wall_seconds": wall_seconds,
-        "command": command,
-        "seed": seed,
-        "versions": collect_versions(),
+        **provenance(seed=seed, wall_seconds=wall_seconds, command=command),
     }
     write_json(out / "diffusion_study.json", {"rows": rows, "priors": result["priors"], **meta})
     write_json(out / "quality.json", {"quality": result["quality"], **meta})

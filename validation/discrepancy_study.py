@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ppl_bandits.plotting import subplots
-from ppl_bandits.results import collect_versions, write_json
+from ppl_bandits.results import provenance, write_json
 from validation.audit import run_audit
 
 __all__ = [
@@ -131,10 +131,7 @@ def write_discrepancy_study(
         {
             "rows": rows,
             "settings": settings,
-            "wall_seconds": wall_seconds,
-            "command": command,
-            "seed": seed,
-            "versions": collect_versions(),
+            **provenance(seed=seed, wall_seconds=wall_seconds, command=command),
         },
     )
     stats = (

@@ -31,9 +31,6 @@ control is rejected, ``"inconclusive"`` when the NUTS reference was refused, and
 from __future__ import annotations
 
 import inspect
-import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,7 +42,7 @@ import numpy as np
 import numpyro
 
 from ppl_bandits.core.claims import GaussianClaim, SampledClaim, sites_dim
-from ppl_bandits.results import collect_versions, write_json
+from ppl_bandits.results import prepare_out_dir, provenance, strict_json, write_json
 from validation.compare import discrepancy, exact_comparison, stack_draws, stack_labels
 from validation.controls import ControlSet, identical_claims
 from validation.diagnostics import check_gates
@@ -70,8 +67,6 @@ REPORT_FILE = "report.html"
 MIN_CLAIM_DRAWS: int = 100
 #: Permutations of the energy test.
 NUM_PERMUTATIONS: int = 499
-#: Packages whose versions the audit record lists.
-_VERSION_PACKAGES = ("ppl-bandits", "jax", "jaxlib", "numpyro", "arviz", "numpy", "scipy")
 #: Draws taken from a SampledClaim to check its shapes before NUTS runs.
 _PILOT_DRAWS = 16
 #: Keyword arguments of build_reference that a model keyword argument must not shadow.
@@ -117,7 +112,7 @@ class AuditResult:
         The JSON is strict: non-finite numbers are written as ``null``. Returns the
         directory, created if needed.
         """
-        out = _prepare_out(directory, "directory")
+        out = prepare_out_dir(directory, "directory", files=(AUDIT_FILE, REPORT_FILE))
         write_json(out / AUDIT_FILE, self.record)
         write_audit_report(self.record, [self.panel] if self.panel is not None else [], out)
         return out
@@ -135,58 +130,10 @@ class AuditResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def _json_ready(x) -> Any:
-    """``x`` with arrays as lists, NumPy scalars as Python ones and NaN/inf as None."""
-    if isinstance(x, Mapping):
-        return {str(k): _json_ready(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_ready(v) for v in x]
-    if isinstance(x, np.ndarray | jax.Array):
-        return _json_ready(np.asarray(x).tolist())
-    if isinstance(x, np.generic):
-        return _json_ready(x.item())
-    if isinstance(x, bool) or x is None or isinstance(x, str | int):
-        return x
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"cannot write {type(x).__name__} to JSON: {x!r}")
-
-
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ValueError(f"{name} is {value!r}; expected an integer >= {minimum}")
     return int(value)
-
-
-def _prepare_out(out, name: str = "out") -> Path:
-    """Create the directory ``out`` and check that files can be written there."""
-    try:
-        path = Path(out)
-    except TypeError:
-        raise ValueError(
-            f"{name} is {type(out).__name__}; expected a directory path (str or os.PathLike)"
-        ) from None
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{name} is {str(path)!r}, which is a file; expected a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise ValueError(
-            f"{name} is {str(path)!r}, which cannot be created or written ({err}); expected a "
-            "writable directory"
-        ) from err
-    for fname in (AUDIT_FILE, REPORT_FILE):
-        target = path / fname
-        if target.exists() and (not target.is_file() or not os.access(target, os.W_OK)):
-            raise ValueError(
-                f"{name} is {str(path)!r}, where {fname} exists and cannot be overwritten; "
-                "expected a writable directory"
-            )
-    return path
 
 
 def latent_sites(model: Callable[..., Any], model_kwargs: Mapping | None = None) -> dict:
@@ -665,7 +612,7 @@ def audit_posterior(
         raise ValueError(
             f"controls is {type(controls).__name__}; expected a validation.controls.ControlSet"
         )
-    out_dir = None if out is None else _prepare_out(out, "out")
+    out_dir = None if out is None else prepare_out_dir(out, "out", files=(AUDIT_FILE, REPORT_FILE))
 
     latent = latent_sites(model, model_kwargs)
     audited = _resolve_sites(sites, claimed, latent)
@@ -786,12 +733,9 @@ def audit_posterior(
         },
         "checks": checks,
         "negative_controls": results,
-        "wall_seconds": time.perf_counter() - started,
-        "seed": seed,
-        "command": command,
-        "versions": collect_versions(),
+        **provenance(seed=seed, wall_seconds=time.perf_counter() - started, command=command),
     }
-    record = _json_ready(record)
+    record = strict_json(record)
     result = AuditResult(
         verdict=verdict,
         checks=record["checks"],

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass
@@ -31,7 +32,7 @@ import jax
 import numpy as np
 from numpyro.infer import MCMC, NUTS
 
-from ppl_bandits.results import collect_versions, strict_json
+from ppl_bandits.results import provenance, write_json
 from validation.diagnostics import GateReport, check_gates
 
 with warnings.catch_warnings():
@@ -467,6 +468,7 @@ def build_reference(
     """
     if not isinstance(model_name, str) or not model_name.strip():
         raise ValueError(f"model_name is {model_name!r}; expected a non-empty string")
+    started = time.perf_counter()
     idata = run_nuts(
         model,
         *model_args,
@@ -493,10 +495,9 @@ def build_reference(
             "args": [_describe(a) for a in model_args],
             "kwargs": {k: _describe(v) for k, v in sorted(model_kwargs.items())},
         },
-        "seed": settings["seed"],
         "sampler": settings,
         "var_names": list(gate.var_names),
-        "versions": collect_versions(),
+        **provenance(seed=settings["seed"], wall_seconds=time.perf_counter() - started),
         "diagnostics": gate.to_dict(),
         "accepted": bool(gate.accepted),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -560,9 +561,7 @@ def save_reference(
         "draws_sha256": _file_sha256(draws_path),
         "record": RECORD_FILE,
     }
-    record_path.write_text(
-        json.dumps(strict_json(record), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    )
+    write_json(record_path, record)
     return directory
 
 

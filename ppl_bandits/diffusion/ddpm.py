@@ -48,7 +48,7 @@ from models.diffusion import (
     mlp_apply,
 )
 from ppl_bandits.plotting import subplots
-from ppl_bandits.results import collect_versions, write_json
+from ppl_bandits.results import provenance, write_json
 
 __all__ = [
     "SCHEDULES",
@@ -307,7 +307,7 @@ def save_ddpm(params: MLPParams, settings: DDPMSettings, directory) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     np.savez(directory / PARAMS_FILE, **{k: np.asarray(v) for k, v in params._asdict().items()})
     record = {"format": "ppl-bandits-ddpm/1", "settings": settings._asdict()}
-    (directory / SETTINGS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    write_json(directory / SETTINGS_FILE, record)
     return directory
 
 
@@ -456,8 +456,7 @@ def pretrain(
     -------
     dict, the record written to ``pretrain.json``.
     """
-    import time
-
+    started = time.perf_counter()
     for name, value in (
         ("steps", num_steps),
         ("epochs", epochs),
@@ -523,9 +522,7 @@ def pretrain(
         "model_mean": model.mean(0),
         "model_cov": np.atleast_2d(np.cov(model.T)),
         "model_samples": int(model_samples),
-        "seed": seed,
-        "command": command,
-        "versions": collect_versions(),
+        **provenance(seed=seed, wall_seconds=time.perf_counter() - started, command=command),
         "files": [PARAMS_FILE, SETTINGS_FILE, "pretrain.png", "losses.csv", "pretrain.json"],
     }
     _plot_pretraining(out / "pretrain.png", train, model, losses, record)

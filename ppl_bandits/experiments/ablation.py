@@ -12,7 +12,7 @@ import numpy as np
 from ppl_bandits.experiments.catalog import run_experiment
 from ppl_bandits.experiments.registry import cumulative_regret
 from ppl_bandits.plotting import subplots
-from ppl_bandits.results import collect_versions, write_json
+from ppl_bandits.results import provenance, write_json
 
 __all__ = ["ABLATION_ALIASES", "ablation_value", "run_ablation", "write_ablation"]
 
@@ -103,9 +103,7 @@ def write_ablation(rows: list[dict], out_dir, *, command: str, seed: int, settin
         {
             "rows": rows,
             "settings": settings,
-            "command": command,
-            "seed": seed,
-            "versions": collect_versions(),
+            **provenance(seed=seed, wall_seconds=settings.get("wall_seconds"), command=command),
         },
     )
     return out / "ablation.csv"

@@ -10,7 +10,7 @@ import numpy as np
 from ppl_bandits.experiments.catalog import EXPERIMENTS, list_experiments
 from ppl_bandits.experiments.registry import ExperimentResult, cumulative_regret
 from ppl_bandits.plotting import subplots
-from ppl_bandits.results import collect_versions, prepare_out_dir, write_json
+from ppl_bandits.results import prepare_out_dir, provenance, write_json
 
 __all__ = ["write_simulation_report"]
 
@@ -113,10 +113,7 @@ def write_simulation_report(
         "agents": agents,
         "settings": s,
         "files": files,
-        "wall_seconds": total_seconds,
-        "command": command,
-        "seed": s["seed"],
-        "versions": collect_versions(),
+        **provenance(seed=s["seed"], wall_seconds=total_seconds, command=command),
     }
     write_json(out / "summary.json", summary)
     return summary
