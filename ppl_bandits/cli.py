@@ -31,7 +31,8 @@ from ppl_bandits.runtime import configure_cpu
 from validation.audit import run_audit
 from validation.calibration import calibration_table, run_calibration
 from validation.calibration_report import write_calibration, write_calibration_table
-from validation.coupling import run_coupling_checks, write_coupling_report
+from validation.coupling import run_coupling_checks
+from validation.coupling_report import write_coupling_report
 from validation.diffusion_study import run_diffusion_study, write_diffusion_study
 from validation.discrepancy_study import run_discrepancy_study, write_discrepancy_study
 from validation.families import AUDIT_FAMILIES

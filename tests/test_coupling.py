@@ -6,11 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from validation.coupling import (
-    RHAT_MAX,
-    run_coupling_checks,
-    write_coupling_report,
-)
+from validation.coupling import RHAT_MAX, run_coupling_checks
+from validation.coupling_report import write_coupling_report
 
 #: Small but still powered sizes; the ESS rule needs >= 400 draws per chain pair, and the
 #: R̂ rule with 2 × 400 iid draws has a false-alarm rate below 1 % (checked offline).

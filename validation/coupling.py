@@ -32,18 +32,17 @@ and at least one deliberately wrong variant that it must reject (negative contro
    estimator uses the φ that drew ã) and a reference θ̌ offset by ``reference_bias`` prior
    standard deviations per coordinate.
 
-Run it with :func:`run_coupling_checks` and write the files with
-:func:`write_coupling_report`.
+Run it with :func:`run_coupling_checks`; :func:`validation.coupling_report.write_coupling_report`
+writes the record, the figures and the HTML page. The R̂ and ESS thresholds of check 4 are
+those of :mod:`validation.diagnostics`, where their sources are cited.
 """
 
 from __future__ import annotations
 
-import html
 import math
 import sys
 import time
 from functools import partial
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -69,7 +68,7 @@ from ppl_bandits.linear_contextual.hcsa import (
     sampling_moments,
     serial_after,
 )
-from ppl_bandits.results import collect_versions, write_json
+from validation.diagnostics import ESS_BULK_MIN, ESS_TAIL_MIN, RHAT_MAX
 
 __all__ = [
     "ALPHA",
@@ -77,15 +76,15 @@ __all__ = [
     "GRAM_RTOL",
     "RHAT_MAX",
     "run_coupling_checks",
-    "write_coupling_report",
+    "truncated_geometric_pmf",
 ]
 
 ALPHA = 0.01
 """Family-wise error level of each statistical check (Bonferroni within the check)."""
-RHAT_MAX = 1.01
-"""Rank-normalized split-R̂ threshold (Vehtari, Gelman, Simpson, Carpenter, Bürkner 2021)."""
-ESS_MIN = 400
-"""Minimum bulk and tail ESS for R̂ to be trusted (Vehtari et al. 2021)."""
+ESS_MIN = math.ceil(max(ESS_BULK_MIN, ESS_TAIL_MIN))
+"""Least number of replications per estimator in check 4: with fewer, the bulk and tail ESS
+cannot reach their minima, ``ESS_BULK_MIN`` and ``ESS_TAIL_MIN`` of
+:mod:`validation.diagnostics` (which, with ``RHAT_MAX``, check 4 applies)."""
 GRAM_RTOL = 1e-10
 """Round-off tolerance of the float64 identities of check 1, relative to max(1, ‖Σ x xᵀ‖)."""
 
@@ -220,7 +219,14 @@ def _strip(stats: dict, drop=("log10_identity_errors",)) -> dict:
 MATCHING_ROUNDS = (1, 10, 100, 1000)
 
 
-def _truncated_geometric_pmf(gamma: float, rho: int) -> np.ndarray:
+def truncated_geometric_pmf(gamma: float, rho: int) -> np.ndarray:
+    """P(trials = k), k = 1..ρ, of CAS with P(ã = 0) = γ stopped at ρ trials (check 2).
+
+    Geometric(γ) on 1..ρ−1; trial ρ holds the rest, matched there or failed.
+
+    >>> truncated_geometric_pmf(0.5, 3).tolist()
+    [0.5, 0.25, 0.25]
+    """
     k = np.arange(1, rho + 1)
     pmf = gamma * (1.0 - gamma) ** (k - 1)
     pmf[-1] = (1.0 - gamma) ** (rho - 1)  # trial ρ: matched there or failed
@@ -232,7 +238,7 @@ def _chisquare_truncated_geometric(trials: np.ndarray, gamma: float, rho: int):
     from scipy import stats as sps
 
     n = trials.size
-    pmf = _truncated_geometric_pmf(gamma, rho)
+    pmf = truncated_geometric_pmf(gamma, rho)
     obs = np.bincount(trials, minlength=rho + 1)[1 : rho + 1].astype(float)
     exp = pmf * n
     o, e = [], []
@@ -303,7 +309,7 @@ def _check_matching(key, d, N, gamma, delta, draws, *, sample_gamma):
             "max_trials_observed": int(trials.max()),
             "mean_trials": float(trials.mean()),
             "expected_mean_trials": float(
-                np.sum(np.arange(1, rho + 1) * _truncated_geometric_pmf(gamma, rho))
+                np.sum(np.arange(1, rho + 1) * truncated_geometric_pmf(gamma, rho))
             ),
             "failure_rate": fails / draws,
             "failure_bound": bound,
@@ -558,40 +564,20 @@ def _hypothetical_runner(env, rounds, reps, v, lam, aug_scale, null_precision):
     return run
 
 
-def _two_sample_pvalue(a: np.ndarray, b: np.ndarray, rng) -> tuple[str, float]:
-    try:
-        from scipy.stats import ks_2samp
-    except ImportError:  # pragma: no cover - scipy ships with ArviZ
-        return "energy_permutation", _energy_permutation_pvalue(a, b, rng)
-    return "kolmogorov_smirnov", float(ks_2samp(a, b).pvalue)
+def _compare_chains(hcsa_stats, hcsa_matched, hyp_stats):
+    """R̂, bulk and tail ESS, and a two-sample Kolmogorov–Smirnov test per statistic.
 
-
-def _energy_permutation_pvalue(a, b, rng, num_perm: int = 999) -> float:
-    """Permutation p-value of the energy distance (Székely and Rizzo 2004)."""
-
-    def energy(x, y):
-        return (
-            2 * np.mean(np.abs(x[:, None] - y[None]))
-            - np.mean(np.abs(x[:, None] - x[None]))
-            - np.mean(np.abs(y[:, None] - y[None]))
-        )
-
-    pooled = np.concatenate([a, b])
-    obs = energy(a, b)
-    count = 0
-    for _ in range(num_perm):
-        p = rng.permutation(pooled)
-        count += energy(p[: a.size], p[a.size :]) >= obs
-    return (count + 1) / (num_perm + 1)
-
-
-def _compare_chains(hcsa_stats, hcsa_matched, hyp_stats, seed: int):
+    Each statistic is one number per replication and the replications are independent,
+    so the KS test applies without thinning. scipy is a dependency of the project (checks
+    2 and 3 use it before this one), so there is no permutation fallback; the project's
+    permutation test is :func:`validation.twosample.energy_test`.
+    """
     import arviz as az
+    from scipy.stats import ks_2samp
 
     a = hcsa_stats[hcsa_matched]
     n = min(a.shape[0], hyp_stats.shape[0])
     a, b = a[:n], hyp_stats[:n]
-    rng = np.random.default_rng(seed)
     per_stat = {}
     level = ALPHA / len(COUPLING_STATS)
     ok = True
@@ -600,19 +586,20 @@ def _compare_chains(hcsa_stats, hcsa_matched, hyp_stats, seed: int):
         rhat = float(az.rhat(chains, method="rank"))
         ess_bulk = float(az.ess(chains, method="bulk"))
         ess_tail = float(az.ess(chains, method="tail"))
-        test, p = _two_sample_pvalue(a[:, j], b[:, j], rng)
+        p = float(ks_2samp(a[:, j], b[:, j]).pvalue)
         per_stat[name] = {
             "rhat": rhat,
             "ess_bulk": ess_bulk,
             "ess_tail": ess_tail,
-            "two_sample_test": test,
+            "two_sample_test": "kolmogorov_smirnov",
             "p_value": p,
             "mean_hcsa": float(a[:, j].mean()),
             "mean_hypothetical": float(b[:, j].mean()),
             "sd_hcsa": float(a[:, j].std(ddof=1)),
             "sd_hypothetical": float(b[:, j].std(ddof=1)),
         }
-        ok &= rhat <= RHAT_MAX and min(ess_bulk, ess_tail) >= ESS_MIN and p >= level
+        ok &= rhat <= RHAT_MAX and ess_bulk >= ESS_BULK_MIN and ess_tail >= ESS_TAIL_MIN
+        ok &= p >= level
     stats = {
         "replications_compared": int(n),
         "hcsa_runs_all_matched": int(hcsa_matched.sum()),
@@ -664,7 +651,7 @@ def run_coupling_checks(
         Rounds of each replication of check 4.
     replications : int >= ESS_MIN
         Replications per estimator ("chain") in check 4; at least ``ESS_MIN`` so that the
-        bulk and tail ESS of the pooled draws can reach ``ESS_MIN`` and R̂ is stable (with
+        bulk and tail ESS of the pooled draws can reach their minima and R̂ is stable (with
         2 × 400 iid draws its 99th percentile is about 1.007).
     seed : int
     gamma, delta : float in (0, 1)
@@ -862,7 +849,7 @@ def run_coupling_checks(
     hyp = _run_hypothetical(kb, env, rounds, replications, gamma=gamma, **common)
     agent = hcsa_ts(v, gamma, delta, lam, aug_scale, null_precision=null_precision)
     a_stats, a_matched = _run_hcsa_agent(ka, env, agent, rounds, replications)
-    coup, coup_ok, (ea, eb) = _compare_chains(a_stats, a_matched, hyp, seed)
+    coup, coup_ok, (ea, eb) = _compare_chains(a_stats, a_matched, hyp)
     checks.append({"name": "coupling_inequality", "verdict": _verdict(coup_ok), "statistics": coup})
     figs["coupling"] = {"correct": {"hcsa": ea, "hypothetical": eb}}
 
@@ -872,7 +859,7 @@ def run_coupling_checks(
     )
     w_stats, w_matched = _run_hcsa_agent(kc, env, wrong_agent, rounds, replications)
     hyp_w = _run_hypothetical(kd, env, rounds, replications, gamma=wrong_gamma, **common)
-    wc, wc_ok, (wa, wb) = _compare_chains(w_stats, w_matched, hyp_w, seed)
+    wc, wc_ok, (wa, wb) = _compare_chains(w_stats, w_matched, hyp_w)
     controls.append(
         {
             "name": "wrong_phi",
@@ -896,7 +883,7 @@ def run_coupling_checks(
         v, gamma, delta, lam, aug_scale, null_precision=null_precision, reference=biased
     )
     b_stats, b_matched = _run_hcsa_agent(ke, env, biased_agent, rounds, replications)
-    bc, bc_ok, (ba, bb) = _compare_chains(b_stats, b_matched, hyp, seed)
+    bc, bc_ok, (ba, bb) = _compare_chains(b_stats, b_matched, hyp)
     controls.append(
         {
             "name": "biased_reference",
@@ -941,181 +928,3 @@ def run_coupling_checks(
         "wall_seconds": time.perf_counter() - start,
         "figure_data": figs,
     }
-
-
-# --------------------------------------------------------------------------------------
-# Report
-# --------------------------------------------------------------------------------------
-
-
-def _figure():
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 4.2), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _plot_gram(data, path):
-    fig = _figure()
-    ax = fig.add_subplot()
-    pos = np.arange(len(data["scenarios"]))
-    for off, key, color, label in (
-        (-0.18, "log10_errors", "tab:blue", "hypothetical contexts"),
-        (0.18, "log10_errors_control", "tab:red", "control: unscaled eigenvectors"),
-    ):
-        vals = data[key]
-        ax.boxplot(
-            vals,
-            positions=pos + off,
-            widths=0.3,
-            patch_artist=True,
-            boxprops={"facecolor": color, "alpha": 0.5},
-            showfliers=False,
-        )
-        ax.plot([], [], color=color, lw=6, alpha=0.5, label=label)
-    ax.axhline(np.log10(data["tolerance"]), color="k", ls="--", lw=1, label="tolerance")
-    ax.set_xticks(pos, data["scenarios"])
-    ax.set_ylabel("log10 max |Σ z zᵀ − Σ x xᵀ| / scale")
-    ax.set_title("Check 1: Lemma 1 Gram identity (float64)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-def _plot_trials(data, path):
-    fig = _figure()
-    rounds = list(data["rounds"])
-    axes = fig.subplots(1, len(rounds), sharey=True)
-    axes = np.atleast_1d(axes)
-    g = data["gamma"]
-    for ax, t in zip(axes, rounds, strict=True):
-        counts = np.asarray(data["rounds"][t]["counts"], float)
-        rho = data["rounds"][t]["bound"]
-        k = np.arange(1, rho + 1)
-        n = counts.sum()
-        ax.bar(k, counts / n, color="tab:blue", alpha=0.6, label="CAS")
-        ax.plot(k, _truncated_geometric_pmf(g, rho), "k.-", ms=3, label=f"Geometric({g:g})")
-        ctrl = np.asarray(data["control_counts"][t], float)
-        kk = np.arange(1, ctrl.size + 1)
-        ax.plot(kk, ctrl / ctrl.sum(), "r.", ms=3, label="control (wrong φ)")
-        ax.set_xlim(0.5, min(rho, 15) + 0.5)
-        ax.set_title(f"t = {t}, ρ_t = {rho}", fontsize=9)
-        ax.set_xlabel("trials")
-    axes[0].set_ylabel("frequency")
-    axes[0].legend(fontsize=7)
-    fig.suptitle("Check 2: CAS trial counts")
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-def _plot_unbiased(data, path):
-    fig = _figure()
-    ax = fig.add_subplot()
-    names = list(data["z"])
-    for i, name in enumerate(names):
-        z = np.abs(np.asarray(data["z"][name]))
-        ax.scatter(np.full(z.size, i) + np.linspace(-0.25, 0.25, z.size), z, s=6)
-    ax.axhline(data["critical"], color="k", ls="--", lw=1, label="Bonferroni critical |z|")
-    ax.set_yscale("log")
-    ax.set_xticks(range(len(names)), names)
-    ax.set_ylabel("|mean − z_jᵀθ*| / MCSE")
-    ax.set_title("Check 3: unbiasedness of the pseudo-rewards (eq. 11)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-def _plot_coupling(data, path):
-    fig = _figure()
-    panels = list(data)
-    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
-    for ax, name in zip(axes, panels, strict=True):
-        for key, color in (("hcsa", "tab:blue"), ("hypothetical", "tab:orange")):
-            x = np.sort(np.asarray(data[name][key]))
-            ax.step(x, np.arange(1, x.size + 1) / x.size, where="post", color=color, label=key)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("‖θ̂ − θ*‖_V")
-    axes[0].set_ylabel("ECDF")
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Check 4: V-normalized error, HCSA vs hypothetical estimator")
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-def write_coupling_report(
-    result: dict,
-    out_dir,
-    *,
-    command: str | None = None,
-    versions: dict | None = None,
-    wall_seconds: float | None = None,
-) -> Path:
-    """Write ``coupling.json``, four PNG figures and ``report.html`` to ``out_dir``.
-
-    Parameters
-    ----------
-    result : dict
-        Output of :func:`run_coupling_checks`.
-    out_dir : path
-    command : str, optional
-        The command that produced the result (recorded verbatim).
-    versions : dict, optional
-        Library versions; collected from the installed packages when omitted.
-    wall_seconds : float, optional
-        Overrides the run's own wall time (e.g. to include compilation by the caller).
-
-    Returns
-    -------
-    Path of ``coupling.json``.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    record = {k: v for k, v in result.items() if k != "figure_data"}
-    record["command"] = command
-    record["versions"] = versions if versions is not None else collect_versions()
-    if wall_seconds is not None:
-        record["wall_seconds"] = float(wall_seconds)
-    path = out / "coupling.json"
-    write_json(path, record)
-    figs = result.get("figure_data", {})
-    written = []
-    for key, fname, fn in (
-        ("gram", "coupling_gram_identity.png", _plot_gram),
-        ("trials", "coupling_trial_counts.png", _plot_trials),
-        ("unbiased", "coupling_unbiasedness.png", _plot_unbiased),
-        ("coupling", "coupling_estimators.png", _plot_coupling),
-    ):
-        if key in figs:
-            fn(figs[key], out / fname)
-            written.append(fname)
-    rows = "".join(
-        f"<tr><td>{html.escape(c['name'])}</td><td class='{c['verdict']}'>{c['verdict']}</td></tr>"
-        for c in record.get("checks", [])
-    )
-    ctrl = "".join(
-        f"<tr><td>{html.escape(c['name'])}</td><td>{html.escape(c['check'])}</td>"
-        f"<td>{html.escape(c.get('description', ''))}</td>"
-        f"<td class='{'pass' if c['rejected'] else 'fail'}'>"
-        f"{'rejected' if c['rejected'] else 'NOT rejected'}</td></tr>"
-        for c in record.get("negative_controls", [])
-    )
-    imgs = "".join(f"<figure><img src='{f}' alt='{f}'></figure>" for f in written)
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>HCSA coupling checks</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
-td,th{{border:1px solid #ccc;padding:.2em .6em}}table{{border-collapse:collapse}}
-.pass{{color:#070}}.fail{{color:#b00;font-weight:bold}}img{{max-width:100%}}</style></head>
-<body><h1>HCSA coupling checks: {html.escape(str(record.get("verdict")))}</h1>
-<p>seed {html.escape(str(record.get("seed")))}, wall time {record.get("wall_seconds", 0):.1f} s,
-command <code>{html.escape(str(command))}</code>;
-details in <a href="coupling.json">coupling.json</a>.</p>
-<h2>Checks</h2><table><tr><th>check</th><th>verdict</th></tr>{rows}</table>
-<h2>Negative controls</h2><table><tr><th>control</th><th>check</th><th>what is wrong</th>
-<th>outcome</th></tr>{ctrl}</table>
-<h2>Figures</h2>{imgs}
-</body></html>
-"""
-    (out / "report.html").write_text(page)
-    return path
