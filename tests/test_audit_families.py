@@ -18,15 +18,19 @@ from ppl_bandits.diffusion.agents import dts
 from ppl_bandits.diffusion.posterior import joint_posterior, recursive_joint_posterior
 from ppl_bandits.mixed_effect.environment import mixed_effect_environment
 from validation.audit import run_audit
+from validation.calibration import replication_claim, simulate_replications, study_setup
 from validation.diffusion_study import exact_gaussian_posterior, sample_discrepancy
 from validation.families import (
     AUDIT_FAMILIES,
     DIFFUSION_LINEAR_CONTROLS,
     LINEAR_BANDIT_CONTROLS,
+    AuditSettings,
+    claim64,
     diffusion_claimed_posterior,
     diffusion_sem_posterior,
     dts_posterior_samples,
     list_audit_models,
+    negative_control,
 )
 
 DTYPE = jnp.float64 if X64 else jnp.float32
@@ -92,6 +96,62 @@ def test_dts_claimed_posterior_is_the_brute_force_joint(rng, played):
     eye_stats = SufficientStats(eye_state.G, eye_state.B, eye_state.count)
     same = diffusion_sem_posterior(eye_prior, eye_stats, "dts")
     assert _rel(same.cov, diffusion_claimed_posterior(eye_state).cov) < tol
+
+
+def _coupling_kept(sites):
+    """Today's meaning of coupling-dropped: the covariance entries it keeps. A 1-D site (the
+    meTS Ψ, (Ld,)) is one block; a matrix-shaped site (θ (K, d), the dTS ψ (L, d)) one block
+    per row."""
+    blocks = []
+    for _, shape in sites:
+        blocks += [int(np.prod(shape[1:]))] * shape[0] if len(shape) == 2 else [shape[0]]
+    kept = np.zeros((sum(blocks),) * 2, bool)
+    for start, size in zip(np.cumsum([0, *blocks[:-1]]), blocks, strict=True):
+        kept[start : start + size, start : start + size] = True
+    return kept
+
+
+@pytest.mark.exact
+@pytest.mark.parametrize(
+    ("agent", "model", "controls"),
+    [
+        ("meTS-Lin-Fa", "mixed-effect-linear", ("coupling-dropped", "published-factored-mean")),
+        ("dTS", "diffusion-linear", ("coupling-dropped", "dts-approximation")),
+    ],
+)
+def test_audit_and_calibration_apply_the_same_family_controls(agent, model, controls):
+    """A family control written once: the audit's (one run's float64 claim) and the
+    calibration's (the batched claims of a study) give the same claim for the same state;
+    coupling-dropped keeps Ψ's (or each ψ_ℓ's) and each θ_a's block. The control: a
+    different control, or none, gives a different claim."""
+    K, L, d, rounds, R = 3, 2, 2, 10, 2
+    state, _ = simulate_replications(agent, model, K, L, d, rounds, R, 0, jax.devices())
+    bandit = study_setup(agent, model, K, L, d, rounds)[1]
+    settings = AuditSettings(**dict.fromkeys(AuditSettings._fields))._replace(
+        num_actions=K, num_effects=L, dim=d
+    )
+    batched = {name: replication_claim(agent, state, name, rounds=rounds) for name in controls}
+    for r in range(R):
+        one = jax.tree.map(lambda a, r=r: a[r], state)
+        claim = bandit.posterior(one)
+        claimed = claim64(claim)
+        for name in controls:
+            if model == "mixed-effect-linear":
+                audit = negative_control(name, claimed, one, num_effects=L, dim=d)
+            else:
+                audit = AUDIT_FAMILIES[model].control(name, claimed, one, one.prior, settings)
+            same = batched[name]
+            for a, b in ((audit.mean, same.mean[r]), (audit.cov, same.cov[r])):
+                assert _rel(a, b) < EXACT_RTOL, (name, r)
+            others = [claimed] + [batched[o] for o in controls if o != name]
+            for other in others:
+                other_mean = other.mean if other is claimed else other.mean[r]
+                other_cov = other.cov if other is claimed else other.cov[r]
+                assert max(_rel(audit.mean, other_mean), _rel(audit.cov, other_cov)) > 1e-2
+            if name == "coupling-dropped":
+                kept = _coupling_kept(claim.sites)
+                np.testing.assert_array_equal(audit.cov, np.where(kept, claimed.cov, 0.0))
+                assert 0 < kept.sum() < kept.size and np.any(claimed.cov[~kept] != 0)
 
 
 def test_dts_posterior_samples_match_the_claimed_gaussian(played):

@@ -58,12 +58,14 @@ Which posterior is calibrated (:data:`CALIBRATION_AGENTS`, :data:`DIFFUSION_POST
 A negative control ``"AGENT:CONTROL"`` (CONTROL one of
 :data:`validation.families.NEGATIVE_CONTROLS` for the meTS family, or for dTS one of
 :data:`DIFFUSION_CONTROLS`) replaces the agent's claim by a deliberately wrong one, a
-transformation of the claim: the generic ``covariance-x1.3`` and ``mean-shift-0.5sd`` of
-:func:`validation.controls.apply_control`; ``coupling-dropped``, its ``blocks-decoupled``
+transformation of the batched claim by the very functions the audits apply,
+:func:`validation.controls.family_controls` of the posterior's family: the generic
+``covariance-x1.3`` and ``mean-shift-0.5sd``; ``coupling-dropped``, ``blocks-decoupled``
 with every action's θ_i a site of its own; ``published-factored-mean``, the mean of
 ``mets_posterior(state, "published")`` with the claimed covariance; ``dts-approximation``,
-:func:`ppl_bandits.diffusion.agents.dts_approximation_claim`. On a sampled claim the first
-two are maps of the claimed law, x -> m + √1.3 (x − m) and x -> x + 0.5 sd with m and sd
+:func:`ppl_bandits.diffusion.agents.dts_approximation_claim` (the family controls of
+:data:`validation.controls.FAMILY_CONTROLS`). On a sampled claim the first two are maps of
+the claimed law, x -> m + √1.3 (x − m) and x -> x + 0.5 sd with m and sd
 the mean and standard deviation (ddof 1) of the replication's ``DRAWS`` draws: the rank of
 the truth among the mapped draws is that of the truth mapped back among the draws. The
 study must reject a control; :data:`NEGATIVE_CONTROLS` lists the registered ones.
@@ -100,19 +102,15 @@ from ppl_bandits.core.claims import (
     site_slices,
 )
 from ppl_bandits.core.runner import name_salt, round_keys
-from ppl_bandits.diffusion.agents import (
-    dts_approximation_claim,
-    dts_newton_failures,
-    make_diffusion_agent,
-)
+from ppl_bandits.diffusion.agents import dts_newton_failures, make_diffusion_agent
 from ppl_bandits.diffusion.environment import diffusion_environment
-from ppl_bandits.mixed_effect.agents import hierts_prior, mets_newton_failures, mets_posterior
+from ppl_bandits.mixed_effect.agents import hierts_prior, mets_newton_failures
 from ppl_bandits.mixed_effect.baselines import independent_newton_failures
 from ppl_bandits.mixed_effect.catalog import make_agent, resolve_agent_name
 from ppl_bandits.mixed_effect.environment import mixed_effect_environment
 from validation.calibration_report import table_row, write_calibration
 from validation.compare import stack_draws
-from validation.controls import COVARIANCE_FACTOR, GENERIC_CONTROLS, MEAN_SHIFT_SD, apply_control
+from validation.controls import COVARIANCE_FACTOR, MEAN_SHIFT_SD, family_controls, read_claim
 from validation.ecdf import ALPHA, NULL_SEED, check_alpha, ecdf_uniformity_test
 from validation.families import AUDIT_MODELS
 from validation.families import NEGATIVE_CONTROLS as CONTROL_KINDS
@@ -131,6 +129,7 @@ __all__ = [
     "calibrate_nuts",
     "calibration_table",
     "power_curve",
+    "replication_claim",
     "replication_pits",
     "run_calibration",
     "simulate_replications",
@@ -166,6 +165,8 @@ class CalibrationEntry(NamedTuple):
     converge (recorded as the study's ``newton_failures``)."""
     one_based: tuple[str, ...] = ()
     """Sites whose leading index counts from 1 in the labels (diffusion levels ψ_1..ψ_L)."""
+    family: str = "mixed-effect"
+    """The family whose controls apply (a key of :data:`validation.controls.FAMILY_CONTROLS`)."""
 
 
 #: Agents whose posterior can be calibrated, by name.
@@ -185,9 +186,11 @@ CALIBRATION_AGENTS = {
 #: dTS posteriors on the diffusion prior: linear links (exact, a Gaussian claim) and
 #: neural links (the dTS approximation, a sampled claim).
 DIFFUSION_POSTERIORS = {
-    "dTS": CalibrationEntry("linear", "joint", DIFFUSION_CONTROLS, dts_newton_failures, ("psi",)),
+    "dTS": CalibrationEntry(
+        "linear", "joint", DIFFUSION_CONTROLS, dts_newton_failures, ("psi",), "diffusion"
+    ),
     "dTS-neural": CalibrationEntry(
-        "neural", "joint", DIFFUSION_CONTROLS[:2], dts_newton_failures, ("psi",)
+        "neural", "joint", DIFFUSION_CONTROLS[:2], dts_newton_failures, ("psi",), "diffusion"
     ),
 }
 #: Every posterior a study can calibrate, in the order of the table.
@@ -374,20 +377,6 @@ def simulate_replications(agent, model, K, L, d, rounds, replications, seed, dev
 # --------------------------------------------------------------------------- claims
 
 
-def _batched(posterior: Callable[[Any], Claim], state) -> Claim:
-    """``jax.vmap(posterior)(state)``: the claims of every replication, leading axis R.
-
-    Run op by op (not jitted): a replication's claim is then the one ``posterior`` gives
-    for that run's state alone, as the audits read it (a fused program rounds float32
-    differently). A Gaussian claim comes back in float64 NumPy.
-    """
-    claim = jax.vmap(posterior)(state)
-    if isinstance(claim, GaussianClaim):
-        f64 = functools.partial(np.asarray, dtype=np.float64)
-        return GaussianClaim(f64(claim.mean), f64(claim.cov), claim.sites)
-    return claim
-
-
 class _Replications(NamedTuple):
     """What a study reads of its replications."""
 
@@ -401,8 +390,12 @@ class _Replications(NamedTuple):
 
 
 def _read(agent: str, rounds: int, state, params) -> _Replications:
-    """The claims of the final states of a study of ``agent`` and the truth beside them."""
-    claim = _batched(_agent(agent, rounds).posterior, state)
+    """The claims of the final states of a study of ``agent`` and the truth beside them.
+
+    The claims are :func:`validation.controls.read_claim` of the batch: the claims of every
+    replication, leading axis R, each the one the agent gives for that run's state alone.
+    """
+    claim = read_claim(_agent(agent, rounds).posterior, state, batched=True)
     values = {name: np.asarray(getattr(params, name), np.float64) for name, _ in claim.sites}
     truth = flatten_sites(values, claim.sites, batch_dims=1)
     return _Replications(_entry(agent), claim, truth, state)
@@ -435,43 +428,9 @@ def _chi2_labels(sites: Sites, entry: CalibrationEntry) -> list[str]:
 # --------------------------------------------------------------------------- controls
 
 
-def _coupling_dropped(claim: GaussianClaim, state) -> GaussianClaim:
-    """Σ with the Ψ–θ and θ_i–θ_j blocks set to 0: ``blocks-decoupled`` with every θ_i a site."""
-    del state
-    sites = []
-    for name, shape in claim.sites:
-        if name == "theta":
-            sites += [(f"theta[{k}]", shape[1:]) for k in range(shape[0])]
-        else:
-            sites.append((name, shape))
-    out = apply_control("blocks-decoupled", GaussianClaim(claim.mean, claim.cov, sites))
-    return GaussianClaim(out.mean, out.cov, claim.sites)
-
-
-def _published_factored_mean(claim: GaussianClaim, state) -> GaussianClaim:
-    """The effect means of the paper's eq. 43 (the family's "published" claim), Σ unchanged."""
-    published = _batched(functools.partial(mets_posterior, factored="published"), state)
-    return GaussianClaim(published.mean, claim.cov, claim.sites)
-
-
-def _dts_approximation(claim: GaussianClaim, state) -> GaussianClaim:
-    """The dTS approximation (links dropped from the upward recursion), linear links."""
-    del claim
-    return _batched(dts_approximation_claim, state)
-
-
-_FAMILY_CONTROLS = {
-    "coupling-dropped": _coupling_dropped,
-    "published-factored-mean": _published_factored_mean,
-    "dts-approximation": _dts_approximation,
-}
-
-
-def _control_claim(control: str, claim: GaussianClaim, state) -> GaussianClaim:
+def _control_claim(entry: CalibrationEntry, claim: GaussianClaim, state, control: str):
     """The claim of the negative control ``control`` for the batched Gaussian ``claim``."""
-    if control in GENERIC_CONTROLS:
-        return apply_control(control, claim)
-    return _FAMILY_CONTROLS[control](claim, state)
+    return family_controls(entry.family, state).apply(control, claim)
 
 
 def _mapped_back(control: str | None, truth: np.ndarray, draws: np.ndarray) -> np.ndarray:
@@ -556,9 +515,21 @@ def _replication_pits(reps: _Replications, control: str | None, seed: int = 0):
         u, chi2 = _sampled_pits(claim, reps.truth, control, seed)
     else:
         if control is not None:
-            claim = _control_claim(control, claim, reps.state)
+            claim = _control_claim(reps.entry, claim, reps.state, control)
         u, chi2 = _gaussian_pits(claim, reps.truth, reps.entry)
     return u, chi2, _labels(claim.sites, reps.entry), _chi2_labels(claim.sites, reps.entry)
+
+
+def replication_claim(agent: str, state, control: str | None = None, *, rounds: int) -> Claim:
+    """The batched claim of a study of ``agent`` (``rounds`` rounds) from its final states.
+
+    The agents' claims (leading axis R; a Gaussian one in float64), or with ``control`` the
+    claims of that negative control (Gaussian claims only), as the study tests them.
+    """
+    claim = read_claim(_agent(agent, rounds).posterior, state, batched=True)
+    if control is None:
+        return claim
+    return _control_claim(_entry(agent), claim, state, control)
 
 
 def replication_pits(

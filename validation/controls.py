@@ -3,7 +3,10 @@ r"""Negative controls: deliberately wrong versions of a claimed posterior.
 An audit that cannot fail proves nothing. Every audit therefore also feeds its test a few
 *negative controls*, transformations of the claimed posterior that are known to be wrong,
 and counts the audit as meaningful only when each of them is rejected. This module is the
-one home of the generic controls; a model family adds its own through :class:`ControlSet`.
+one home of every control, the generic ones and, in :data:`FAMILY_CONTROLS`, those a model
+family registers; both the posterior audits (:mod:`validation.families`) and the
+calibration studies (:mod:`validation.calibration`) apply them from here, through
+:func:`family_controls`.
 
 A control acts on a claim from :mod:`ppl_bandits.core.claims`:
 
@@ -23,6 +26,26 @@ name                       on a :class:`GaussianClaim`      on a :class:`Sampled
 Permuting a coordinate (or a site's block of coordinates) across a batch of independent
 draws keeps its marginal law and makes it independent of the rest: the product of the
 marginals, the draws analogue of a diagonal (block-diagonal) covariance.
+
+The family-specific controls also read the agent state the claim was read from
+(:data:`FamilyControl`), one run's state for one claim or a batch of states for a batch of
+claims (:func:`read_claim`):
+
+===========================  ================  =========================================
+name                         families          what the control claims
+===========================  ================  =========================================
+``coupling-dropped``         mixed-effect,     ``blocks-decoupled`` with every row of a
+                             diffusion         matrix-shaped site a site of its own:
+                                               covariances between Ψ and θ, between
+                                               actions (and between diffusion levels ψ_ℓ)
+                                               set to zero
+``published-factored-mean``  mixed-effect      the effect means of the paper's eq. 43, the
+                                               mean of ``mets_posterior(state,
+                                               "published")``; covariance unchanged
+``dts-approximation``        diffusion         ``dts_approximation_claim(state)``: the dTS
+                                               approximation, wrong on linear links unless
+                                               every W_ℓ = I
+===========================  ================  =========================================
 
 A control that leaves the claim as it is, e.g. ``blocks-decoupled`` for a claim with one
 site or ``correlations-dropped`` for a diagonal covariance, is *not applicable*: it cannot
@@ -54,17 +77,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppl_bandits.core.claims import Claim, GaussianClaim, SampledClaim, site_slices, sites_dim
+from ppl_bandits.diffusion.agents import dts_approximation_claim
+from ppl_bandits.mixed_effect.agents import mets_posterior
 
 __all__ = [
     "COVARIANCE_FACTOR",
+    "FAMILY_CONTROLS",
     "GENERIC_CONTROLS",
     "MEAN_SHIFT_SD",
     "ControlFunction",
     "ControlSet",
+    "FamilyControl",
     "UnknownControlError",
     "apply_control",
+    "family_controls",
     "gaussian_control",
     "identical_claims",
+    "read_claim",
 ]
 
 #: Factor of the inflated covariance of ``covariance-x1.3``.
@@ -81,6 +110,9 @@ GENERIC_CONTROLS: tuple[str, ...] = (
 
 #: A control: a function from a claim to a (wrong) claim of the same kind and sites.
 ControlFunction = Callable[[Claim], Claim]
+#: A family's control: ``(claim, state) -> claim``, with ``state`` the agent state the claim
+#: was read from (one run's, or a batch with a leading replication axis for a batched claim).
+FamilyControl = Callable[[Claim, Any], Claim]
 
 
 class UnknownControlError(KeyError, ValueError):
@@ -410,3 +442,142 @@ def identical_claims(claim: Claim, control: Claim, *, rtol: float = 1e-10) -> bo
         if not np.allclose(a, b, rtol=0.0, atol=rtol * scale):
             return False
     return True
+
+
+# --------------------------------------------------------------------------- family controls
+
+
+def read_claim(posterior: Callable[[Any], Claim], state, *, batched: bool = False) -> Claim:
+    """The claim ``posterior(state)``, or ``jax.vmap(posterior)(state)`` for a batch of states.
+
+    Run op by op (not jitted): a replication's claim in a batch is then the one
+    ``posterior`` gives for that run's state alone, as the audits read it (a fused program
+    rounds float32 differently). A Gaussian claim comes back in float64 NumPy.
+
+    Parameters
+    ----------
+    posterior : callable
+        One run's state -> claim (an agent's ``posterior`` or a family's claim function).
+    state : pytree
+        One run's state, or with ``batched`` a batch of them (leading replication axis).
+    batched : bool
+        Whether ``state`` has a leading replication axis.
+    """
+    claim = jax.vmap(posterior)(state) if batched else posterior(state)
+    if isinstance(claim, GaussianClaim):
+        f64 = partial(np.asarray, dtype=np.float64)
+        return GaussianClaim(f64(claim.mean), f64(claim.cov), claim.sites)
+    return claim
+
+
+def _read_like(claim: GaussianClaim, posterior: Callable[[Any], Claim], state) -> Claim:
+    """``posterior`` of ``state``, batched when ``claim`` is (its mean has a leading axis)."""
+    return read_claim(posterior, state, batched=np.ndim(claim.mean) > 1)
+
+
+def _resited(claim: Claim, sites) -> Claim:
+    """The same claim over other ``sites`` (of the same total size)."""
+    if isinstance(claim, GaussianClaim):
+        return GaussianClaim(claim.mean, claim.cov, sites)
+    return SampledClaim(claim.draw, claim.params, sites, claim.whiten)
+
+
+def _require_gaussian(claim: Claim, name: str) -> None:
+    if not isinstance(claim, GaussianClaim):
+        raise ValueError(
+            f"claim is {type(claim).__name__}; control {name!r} expects a GaussianClaim"
+        )
+
+
+def _coupling_dropped(claim: Claim, state=None) -> Claim:
+    """``blocks-decoupled`` with every row of a matrix-shaped site a site of its own.
+
+    A meTS claim, sites ``psi`` (Ld,) and ``theta`` (K, d), keeps Ψ's block and each θ_i's;
+    a dTS claim, ``psi`` (L, d) and ``theta`` (K, d), keeps each ψ_ℓ's and each θ_a's.
+    Every other covariance is set to zero (a sampled claim: the blocks permuted
+    independently across draws). ``state`` is not read.
+    """
+    del state
+    rows = []
+    for name, shape in claim.sites:
+        if len(shape) >= 2:
+            rows += [(f"{name}[{i}]", shape[1:]) for i in range(shape[0])]
+        else:
+            rows.append((name, shape))
+    return _resited(_blocks_decoupled(_resited(claim, rows)), claim.sites)
+
+
+def _published_factored_mean(claim: Claim, state) -> GaussianClaim:
+    """The effect means of the paper's eq. 43 (the mean of the meTS family's "published"
+    claim, which drops the coupling between effects), the claimed covariance unchanged."""
+    _require_gaussian(claim, "published-factored-mean")
+    published = _read_like(claim, partial(mets_posterior, factored="published"), state)
+    return GaussianClaim(published.mean, claim.cov, claim.sites)
+
+
+def _dts_approximation(claim: Claim, state) -> GaussianClaim:
+    """The dTS approximation (W_ℓ dropped from the upward recursion) of a state with linear
+    links, in place of the claim: wrong unless every W_ℓ = I."""
+    _require_gaussian(claim, "dts-approximation")
+    return _read_like(claim, dts_approximation_claim, state)
+
+
+#: The family-specific controls, ``family -> {name -> (claim, state) -> claim}``, each
+#: registered by its family (:mod:`ppl_bandits.mixed_effect`, :mod:`ppl_bandits.diffusion`):
+#:
+#: - ``"mixed-effect"`` (meTS, HierTS): ``coupling-dropped`` (covariances between Ψ and θ
+#:   and between actions' θ_i set to 0) and ``published-factored-mean`` (the mean of
+#:   ``mets_posterior(state, "published")``, covariance unchanged);
+#: - ``"diffusion"`` (dTS): ``coupling-dropped`` (covariances between different ψ_ℓ and
+#:   θ_a set to 0) and ``dts-approximation`` (``dts_approximation_claim(state)``, for
+#:   linear links).
+#:
+#: Each takes one claim and one run's state, or a batch of claims (leading replication
+#: axis) and the batch of states they were read from.
+FAMILY_CONTROLS: dict[str, dict[str, FamilyControl]] = {
+    "mixed-effect": {
+        "coupling-dropped": _coupling_dropped,
+        "published-factored-mean": _published_factored_mean,
+    },
+    "diffusion": {
+        "coupling-dropped": _coupling_dropped,
+        "dts-approximation": _dts_approximation,
+    },
+}
+
+
+def family_controls(family: str, state) -> ControlSet:
+    """The generic controls and those of ``family`` (:data:`FAMILY_CONTROLS`), bound to ``state``.
+
+    Parameters
+    ----------
+    family : str
+        A key of :data:`FAMILY_CONTROLS`.
+    state : pytree
+        The agent state the claims to control were read from: one run's state, or a batch
+        of states for batched claims (see :func:`read_claim`).
+
+    Returns
+    -------
+    ControlSet
+        :data:`GENERIC_CONTROLS` then the family's controls, each ``callable(claim)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ppl_bandits.core.claims import GaussianClaim
+    >>> controls = family_controls("diffusion", state=None)
+    >>> list(controls)[len(GENERIC_CONTROLS):]
+    ['coupling-dropped', 'dts-approximation']
+    >>> claim = GaussianClaim(np.zeros(4), np.full((4, 4), 0.5) + 0.5 * np.eye(4),
+    ...                       (("psi", (1, 2)), ("theta", (1, 2))))
+    >>> controls.apply("coupling-dropped", claim).cov
+    array([[1. , 0.5, 0. , 0. ],
+           [0.5, 1. , 0. , 0. ],
+           [0. , 0. , 1. , 0.5],
+           [0. , 0. , 0.5, 1. ]])
+    """
+    if family not in FAMILY_CONTROLS:
+        raise ValueError(f"family is {family!r}; expected one of {list(FAMILY_CONTROLS)}")
+    bound = {name: partial(fn, state=state) for name, fn in FAMILY_CONTROLS[family].items()}
+    return ControlSet.generic(bound)

@@ -3,11 +3,12 @@ reference model, the claim conversion and its negative controls.
 
 A family reads its agents only through ``Agent.posterior(state)`` and the family's public
 claim functions (:func:`ppl_bandits.mixed_effect.agents.mets_posterior`,
-:func:`ppl_bandits.diffusion.agents.dts_posterior`, ...); the generic negative controls
-come from :mod:`validation.controls`, the family-specific ones (the published factored
-mean, the dTS approximation on linear links, a LinTS-shared that assumes twice the noise sd) are
-registered here by their family. :func:`validation.audit.run_audit` is the engine that runs
-a family.
+:func:`ppl_bandits.diffusion.agents.dts_posterior`, ...). Every negative control comes from
+:mod:`validation.controls`, the generic ones and those the families register in
+:data:`validation.controls.FAMILY_CONTROLS` (coupling dropped, the published factored mean,
+the dTS approximation on linear links), which the calibration studies apply too; only the
+linear bandit's LinTS-shared that assumes twice the noise sd, a map of the agent's prior,
+is written here. :func:`validation.audit.run_audit` is the engine that runs a family.
 
 =========================  ===========================================  ===================
 model                      agents (exact?)                              NumPyro reference
@@ -33,8 +34,8 @@ import numpy as np
 from models.diffusion import DiffusionPrior, diffusion_model
 from models.linear_bandit import LinearBanditPrior, linear_bandit_model
 from models.mixed_effect import MixedEffectPrior, mixed_effect_model
-from ppl_bandits.core.claims import SampledClaim
-from ppl_bandits.diffusion.agents import dts, dts_approximation_claim, dts_posterior, dts_sampler
+from ppl_bandits.core.claims import GaussianClaim, SampledClaim
+from ppl_bandits.diffusion.agents import diffusion_sites, dts, dts_posterior, dts_sampler
 from ppl_bandits.diffusion.ddpm import (
     pretrain_ddpm_prior,
 )
@@ -46,7 +47,7 @@ from ppl_bandits.linear_contextual.environment import hcsa_environment
 from ppl_bandits.mixed_effect.agents import MeTSState, hierts_prior, mets_posterior
 from ppl_bandits.mixed_effect.catalog import make_agent
 from ppl_bandits.mixed_effect.environment import mixed_effect_environment
-from validation.controls import GENERIC_CONTROLS, gaussian_control
+from validation.controls import GENERIC_CONTROLS, family_controls, gaussian_control
 
 __all__ = [
     "AUDIT_AGENTS",
@@ -144,13 +145,11 @@ def _generic(name: str, claimed) -> Gaussian64:
     return Gaussian64(*gaussian_control(name, claimed.mean, claimed.cov, sites))
 
 
-def _coupling_mask(p: int, head: int, block: int) -> np.ndarray:
-    """Keep the leading ``head`` × ``head`` block and the ``block``-sized diagonal blocks."""
-    mask = np.zeros((p, p), bool)
-    mask[:head, :head] = True
-    for start in range(head, p, block):
-        mask[start : start + block, start : start + block] = True
-    return mask
+def _family_control(family: str, name: str, claimed, state, sites) -> Gaussian64:
+    """The control ``name`` of :func:`validation.controls.family_controls` applied to the
+    float64 claim ``claimed`` (moments over ``sites``) of one run's ``state``."""
+    claim = GaussianClaim(claimed.mean, claimed.cov, sites)
+    return claim64(family_controls(family, state).apply(name, claim))
 
 
 def negative_control(
@@ -158,22 +157,27 @@ def negative_control(
 ) -> Gaussian64:
     """A deliberately wrong version of a meTS-family claim.
 
-    - ``covariance-x1.3`` and ``mean-shift-0.5sd``: the generic controls of
-      :mod:`validation.controls` (covariance times 1.3; every mean moved by half its
-      marginal standard deviation);
+    The controls of :func:`validation.controls.family_controls` for the ``"mixed-effect"``
+    family, applied to ``claimed`` over the sites of the family's claim
+    (``psi`` (Ld,), ``theta`` (K, d)):
+
+    - ``covariance-x1.3`` and ``mean-shift-0.5sd``: the generic controls (covariance times
+      1.3; every mean moved by half its marginal standard deviation);
     - ``coupling-dropped``: covariances between Ψ and θ and between actions set to 0;
     - ``published-factored-mean``: the effect means of the paper's eq. 43 (the factored
       mean that drops the coupling between effects), covariance unchanged: the mean of the
       family's own "published" claim, :func:`ppl_bandits.mixed_effect.agents.mets_posterior`.
+
+    ``num_effects`` (L) and ``dim`` (d) are checked against the state's claim.
     """
-    if name in GENERIC_CONTROLS:
-        return _generic(name, claimed)
-    if name == "coupling-dropped":
-        mask = _coupling_mask(claimed.mean.shape[0], num_effects * dim, dim)
-        return Gaussian64(claimed.mean, np.where(mask, claimed.cov, 0.0))
-    if name == "published-factored-mean":
-        return Gaussian64(claimed_posterior(state, "published").mean, claimed.cov)
-    raise ValueError(f"negative control is {name!r}; expected one of {NEGATIVE_CONTROLS}")
+    sites = jax.eval_shape(mets_posterior, state).sites
+    shapes = dict(sites)
+    if shapes["psi"] != (num_effects * dim,) or shapes["theta"][1:] != (dim,):
+        raise ValueError(
+            f"num_effects is {num_effects} and dim {dim}; the state's claim has the sites "
+            f"{sites}, expected psi of shape (num_effects * dim,) and theta (K, dim)"
+        )
+    return _family_control("mixed-effect", name, claimed, state, sites)
 
 
 # --------------------------------------------------------------------------- families
@@ -463,14 +467,15 @@ def _diffusion_reference(prior, history, parameterization):
 
 
 def _diffusion_control(name, claimed, state, agent_prior, s: AuditSettings) -> Gaussian64:
-    if name in GENERIC_CONTROLS:
-        return _generic(name, claimed)
-    if name == "coupling-dropped":
-        mask = _coupling_mask(claimed.mean.shape[0], 0, s.dim)
-        return Gaussian64(claimed.mean, np.where(mask, claimed.cov, 0.0))
-    if name == "dts-approximation" and agent_prior.neural is None:
-        return claim64(dts_approximation_claim(state))
-    raise ValueError(f"negative control is {name!r}; expected one of {DIFFUSION_LINEAR_CONTROLS}")
+    """The ``"diffusion"`` controls of :func:`validation.controls.family_controls` over the
+    dTS claim's sites (``psi`` (L, d), ``theta`` (K, d)); the moment-matched Gaussian of a
+    sampled claim with neural links, which has no ``dts-approximation``."""
+    if name == "dts-approximation" and agent_prior.neural is not None:
+        raise ValueError(
+            f"negative control is {name!r}; expected one of {DIFFUSION_NEURAL_CONTROLS} "
+            "with neural links"
+        )
+    return _family_control("diffusion", name, claimed, state, diffusion_sites(state))
 
 
 def _diffusion_family(link: str) -> AuditFamily:
