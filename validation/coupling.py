@@ -56,6 +56,7 @@ from ppl_bandits.linear_contextual.hcsa import (
     count_trials,
     coupled_arm_selection,
     dr_pseudo_rewards,
+    hcsa_statistics,
     hcsa_statistics_update,
     hcsa_ts,
     hypothetical_action_probs,
@@ -495,8 +496,9 @@ def _run_hcsa_agent(key, env, agent, rounds: int, reps: int):
             return agent.update(ku, state, x, a, y), None
 
         state, _ = jax.lax.scan(step, state, jnp.arange(rounds))
-        e = _normalized_error(state.gram, state.moment, params.theta)
-        return _error_stats(e), state.num_matched == rounds
+        stats = hcsa_statistics(state)
+        e = _normalized_error(stats.gram, stats.moment, params.theta)
+        return _error_stats(e), stats.num_matched == rounds
 
     stats, all_matched = jax.jit(jax.vmap(one))(jax.random.split(key, reps))
     return np.asarray(stats), np.asarray(all_matched)

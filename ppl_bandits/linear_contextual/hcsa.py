@@ -62,6 +62,7 @@ __all__ = [
     "RANK_RTOL_FACTOR",
     "CASResult",
     "HCSAState",
+    "HCSAStatistics",
     "HypotheticalContexts",
     "augmentation_budget",
     "check_action",
@@ -75,6 +76,7 @@ __all__ = [
     "dr_pseudo_rewards",
     "hcsa_claim",
     "hcsa_estimate",
+    "hcsa_statistics",
     "hcsa_statistics_update",
     "hcsa_ts",
     "hypothetical_action_probs",
@@ -928,3 +930,24 @@ def hcsa_claim(state: HCSAState) -> GaussianClaim:
     d = state.moment.shape[-1]
     cov = 0.5 * (jnp.linalg.pinv(state.gram) + jnp.swapaxes(jnp.linalg.pinv(state.gram), -1, -2))
     return GaussianClaim(hcsa_estimate(state.gram, state.moment), cov, (("theta", (d,)),))
+
+
+class HCSAStatistics(NamedTuple):
+    """What the coupling checks read of an HCSA+TS state (Kim 2025, Sec. 4)."""
+
+    gram: jax.Array
+    """(d, d) V_t, the augmented Gram matrix of eq. 15."""
+    moment: jax.Array
+    """(d,) W_t, the pseudo-reward moment of eq. 14."""
+    num_matched: jax.Array
+    """() int32: rounds with the matching event M_s."""
+
+
+def hcsa_statistics(state: HCSAState) -> HCSAStatistics:
+    """The sufficient statistics of the HCSA estimate and the count of matched rounds.
+
+    The coupling checks compare the V_t-normalized error V_t^{1/2}(θ̂_t − θ) with that of
+    the hypothetical full-information estimator, and they need every round matched; this
+    is the one place outside the family that reads them.
+    """
+    return HCSAStatistics(state.gram, state.moment, state.num_matched)
