@@ -35,7 +35,8 @@ from validation.coupling import run_coupling_checks
 from validation.coupling_report import write_coupling_report
 from validation.diffusion_study import run_diffusion_study, write_diffusion_study
 from validation.discrepancy_study import run_discrepancy_study, write_discrepancy_study
-from validation.families import AUDIT_FAMILIES
+from validation.families import AUDIT_FAMILIES, AuditSettings
+from validation.reference import NUTSSettings
 from validation.report import CheckpointPanel, write_audit_report
 
 __all__ = ["build_parser", "main"]
@@ -314,22 +315,13 @@ def _audit_arguments(p: argparse.ArgumentParser, *, out_default: str) -> None:
 def _audit(args, command: str) -> int:
 
     t0 = time.perf_counter()
-    outcome = run_audit(
-        args.model,
-        args.agent,
+    problem = AuditSettings(
         num_actions=args.K,
         num_effects=args.L,
         dim=args.d,
-        rounds=args.rounds,
-        checkpoints=args.checkpoints,
-        seed=args.seed,
-        alpha=args.alpha,
-        parameterization=args.parameterization,
-        num_chains=args.chains,
-        num_warmup=args.warmup,
-        num_samples=args.samples,
-        negative_controls=not args.no_negative_controls,
         num_arms=args.N,
+        rounds=args.rounds,
+        seed=args.seed,
         prior=args.prior,
         prior_dir=args.prior_dir,
         pretrain_samples=args.pretrain_samples,
@@ -337,6 +329,16 @@ def _audit(args, command: str) -> int:
         ddpm_steps=args.ddpm_steps,
         posterior_samples=args.posterior_samples,
         data=args.data,
+    )
+    outcome = run_audit(
+        args.model,
+        args.agent,
+        problem=problem,
+        nuts=NUTSSettings(num_chains=args.chains, num_warmup=args.warmup, num_samples=args.samples),
+        checkpoints=args.checkpoints,
+        alpha=args.alpha,
+        parameterization=args.parameterization,
+        negative_controls=not args.no_negative_controls,
         history=None if args.history is None else load_history(args.history),
         out_dir=args.out,
     )
@@ -378,8 +380,7 @@ def _discrepancy(args, command: str) -> int:
         num_effects=args.L,
         dim=args.d,
         seed=args.seed,
-        num_warmup=args.warmup,
-        num_samples=args.samples,
+        nuts=NUTSSettings(num_warmup=args.warmup, num_samples=args.samples),
     )
     path = write_discrepancy_study(
         rows,
@@ -424,7 +425,10 @@ def _diffusion_study(args, command: str) -> int:
         "num_samples": args.samples,
         "prior_dir": args.prior_dir,
     }
-    result = run_diffusion_study(**settings)
+    study = {k: v for k, v in settings.items() if k not in ("num_warmup", "num_samples")}
+    result = run_diffusion_study(
+        **study, nuts=NUTSSettings(num_warmup=args.warmup, num_samples=args.samples)
+    )
     path = write_diffusion_study(
         result,
         args.out,

@@ -13,7 +13,8 @@ from ppl_bandits.core.likelihood import stats_from_history
 from ppl_bandits.mixed_effect.catalog import make_agent
 from ppl_bandits.mixed_effect.posterior import hierarchical_joint_posterior
 from validation.audit import run_audit
-from validation.families import NEGATIVE_CONTROLS, claimed_posterior
+from validation.families import NEGATIVE_CONTROLS, AuditSettings, claimed_posterior
+from validation.reference import NUTSSettings
 
 SMALL = [
     "--K",
@@ -96,13 +97,9 @@ def test_approximate_posteriors_are_reported_not_judged():
     outcome = run_audit(
         "mixed-effect-logistic",
         "meTS-GLM",
-        num_actions=3,
-        num_effects=1,
-        dim=2,
-        rounds=30,
+        problem=AuditSettings(num_actions=3, num_effects=1, dim=2, rounds=30),
+        nuts=NUTSSettings(num_warmup=300, num_samples=400),
         checkpoints=[30],
-        num_warmup=300,
-        num_samples=400,
         negative_controls=False,
         log=None,
     )
@@ -127,8 +124,9 @@ def test_approximate_posteriors_are_reported_not_judged():
 )
 def test_audit_arguments_are_checked(kwargs, message):
     kw = {"model": "mixed-effect-linear", "agent": "meTS-Lin"} | kwargs
+    problem = AuditSettings(**{k: kw.pop(k) for k in list(kw) if k in AuditSettings._fields})
     with pytest.raises(ValueError, match=message):
-        run_audit(kw.pop("model"), kw.pop("agent"), log=None, **kw)
+        run_audit(kw.pop("model"), kw.pop("agent"), problem=problem, log=None, **kw)
 
 
 def test_audit_command_reports_bad_arguments(capsys):
@@ -149,15 +147,10 @@ def test_false_alarm_rate_and_negative_control_power():
         rec = run_audit(
             "mixed-effect-linear",
             "meTS-Lin",
-            num_actions=4,
-            num_effects=2,
-            dim=2,
-            rounds=60,
+            problem=AuditSettings(num_actions=4, num_effects=2, dim=2, rounds=60, seed=seed),
+            nuts=NUTSSettings(num_warmup=500, num_samples=1000),
             checkpoints=[60],
-            seed=seed,
             alpha=alpha,
-            num_warmup=500,
-            num_samples=1000,
             log=None,
         ).record
         alarms += rec["checks"][0]["verdict"] == "fail"

@@ -32,10 +32,11 @@ from validation.families import (
     list_audit_models,
     negative_control,
 )
+from validation.reference import NUTSSettings
 
 DTYPE = jnp.float64 if X64 else jnp.float32
 #: Tiny NUTS (4 chains of 400 draws after 300 warm-up), the size of tests/test_audit.py.
-TINY = {"num_warmup": 300, "num_samples": 400}
+TINY = NUTSSettings(num_warmup=300, num_samples=400)
 
 
 def _rel(a, b):
@@ -211,13 +212,10 @@ def test_diffusion_linear_audit_passes_dts_and_rejects_every_control():
     rec = run_audit(
         "diffusion-linear",
         "dTS",
-        num_actions=3,
-        num_effects=2,
-        dim=2,
-        rounds=40,
+        problem=AuditSettings(num_actions=3, num_effects=2, dim=2, rounds=40),
+        nuts=TINY,
         checkpoints=[40],
         log=None,
-        **TINY,
     ).record
     assert rec["exact"] is True and rec["verdict"] == "pass", rec["checks"]
     assert [c["name"] for c in rec["checks"]] == ["exact-comparison"]
@@ -233,14 +231,12 @@ def test_diffusion_neural_audit_is_a_report():
     outcome = run_audit(
         "diffusion-neural",
         "dTS",
-        num_actions=2,
-        num_effects=2,
-        dim=2,
-        rounds=40,
+        problem=AuditSettings(
+            num_actions=2, num_effects=2, dim=2, rounds=40, posterior_samples=4000
+        ),
+        nuts=TINY,
         checkpoints=[40],
-        posterior_samples=4000,
         log=None,
-        **TINY,
     )
     rec = outcome.record
     (check,) = rec["checks"]
@@ -259,12 +255,11 @@ def test_mixed_effect_audit_takes_an_environment():
     rec = run_audit(
         "mixed-effect-linear",
         "meTS-Lin",
-        num_actions=4,
-        rounds=30,
+        problem=AuditSettings(num_actions=4, rounds=30),
+        nuts=TINY,
         checkpoints=[30],
         environment=env,
         log=None,
-        **TINY,
     ).record
     assert rec["verdict"] == "pass" and rec["environment"]["environment"].startswith("given")
 
@@ -324,8 +319,9 @@ def test_every_model_is_registered():
 )
 def test_bad_arguments_are_named(kwargs, message):
     kw = {"agent": "dTS"} | kwargs
+    problem = AuditSettings(**{k: kw.pop(k) for k in list(kw) if k in AuditSettings._fields})
     with pytest.raises(ValueError, match=message):
-        run_audit(kw.pop("model"), kw.pop("agent"), log=None, **kw)
+        run_audit(kw.pop("model"), kw.pop("agent"), problem=problem, log=None, **kw)
 
 
 def test_an_environment_of_the_wrong_family_is_refused():
@@ -333,7 +329,7 @@ def test_an_environment_of_the_wrong_family_is_refused():
         run_audit(
             "linear-bandit",
             "LinTS-shared",
-            rounds=2,
+            problem=AuditSettings(rounds=2),
             checkpoints=[2],
             environment=mixed_effect_environment(2, 1, 2),
             log=None,

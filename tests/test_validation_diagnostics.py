@@ -25,7 +25,7 @@ from validation.diagnostics import (
     GateReport,
     check_gates,
 )
-from validation.reference import run_nuts
+from validation.reference import NUTSSettings, run_nuts
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # ArviZ 0.23's once-a-day refactor notice
@@ -161,8 +161,11 @@ def test_bad_arguments_are_named(rng):
 def gaussian_run():
     # A dense mass matrix absorbs the correlation; the run is comfortably accepted.
     return run_nuts(
-        gaussian3, num_warmup=500, num_samples=500, dense_mass=True, seed=1,
-        chain_method="vectorized",
+        gaussian3,
+        nuts=NUTSSettings(
+            num_warmup=500, num_samples=500, dense_mass=True, chain_method="vectorized"
+        ),
+        seed=1,
     )  # fmt: skip
 
 
@@ -189,7 +192,7 @@ def test_dropping_chains_of_a_good_run_is_refused(gaussian_run):
 
 
 def test_centred_funnel_is_refused_and_noncentred_does_better():
-    kw = dict(num_warmup=500, num_samples=500, seed=0, chain_method="vectorized")
+    kw = dict(nuts=NUTSSettings(num_warmup=500, num_samples=500, chain_method="vectorized"), seed=0)
     centred = check_gates(run_nuts(funnel_centred, **kw), var_names=["v", "x"])
     noncentred = check_gates(run_nuts(funnel_noncentred, **kw), var_names=["v", "x"])
     assert not centred.accepted

@@ -19,6 +19,7 @@ from validation.diagnostics import GATE_NAMES, check_gates
 from validation.reference import (
     DRAWS_FILE,
     RECORD_FILE,
+    NUTSSettings,
     Reference,
     ReferenceMismatch,
     ReferenceRefused,
@@ -45,8 +46,8 @@ def normal_mean(y, prior_sd=1.0):
 @pytest.fixture(scope="module")
 def accepted_ref():
     return build_reference(
-        normal_mean, jnp.asarray(Y), model_name="normal_mean", num_warmup=500, num_samples=500,
-        seed=3, prior_sd=2.0,
+        normal_mean, jnp.asarray(Y), model_name="normal_mean",
+        nuts=NUTSSettings(num_warmup=500, num_samples=500), seed=3, prior_sd=2.0,
     )  # fmt: skip
 
 
@@ -54,8 +55,8 @@ def accepted_ref():
 def refused_ref():
     # Two chains cannot pass the chain gate, whatever else happens.
     return build_reference(
-        normal_mean, jnp.asarray(Y), model_name="normal_mean/2chains", num_chains=2,
-        num_warmup=100, num_samples=100, seed=3,
+        normal_mean, jnp.asarray(Y), model_name="normal_mean/2chains",
+        nuts=NUTSSettings(num_chains=2, num_warmup=100, num_samples=100), seed=3,
     )  # fmt: skip
 
 
@@ -81,7 +82,21 @@ def test_run_nuts_rejects_bad_settings():
         ({"seed": -1}, "seed is -1"),
     ]:
         with pytest.raises(ValueError, match=pattern):
-            run_nuts(normal_mean, Y, **kwargs)
+            seed = {"seed": kwargs.pop("seed")} if "seed" in kwargs else {}
+            run_nuts(normal_mean, Y, nuts=NUTSSettings(**kwargs), **seed)
+
+
+def test_nuts_settings_are_checked_before_sampling():
+    checked = NUTSSettings(num_warmup=np.int64(10), target_accept=np.float32(0.5)).check()
+    assert checked == NUTSSettings(num_warmup=10, target_accept=0.5)
+    assert type(checked.num_warmup) is int and type(checked.target_accept) is float
+    with pytest.raises(ValueError, match=r"dense_mass is 'yes'; expected True or False"):
+        NUTSSettings(dense_mass="yes").check()
+    with pytest.raises(ValueError, match=r"nuts is dict; expected a validation.reference"):
+        run_nuts(normal_mean, Y, nuts={"num_chains": 4})
+    # A setting passed the old way must not reach the model as a keyword argument.
+    with pytest.raises(TypeError, match=r"num_warmup was passed as a model keyword"):
+        run_nuts(normal_mean, Y, num_warmup=10)
 
 
 def test_accepted_reference_record(accepted_ref):

@@ -69,7 +69,7 @@ from validation.families import (
     AuditSettings,
     claim64,
 )
-from validation.reference import Reference, build_reference, save_reference
+from validation.reference import NUTSSettings, Reference, build_reference, save_reference
 
 __all__ = [
     "AuditOutcome",
@@ -173,7 +173,8 @@ def _reference(
     history,
     *,
     parameterization: str,
-    nuts: dict,
+    nuts: NUTSSettings,
+    seed: int,
     log: Callable[[str], None],
 ) -> tuple[Reference, list[dict]]:
     """NUTS on the exact model; try the parameterizations in turn until one is accepted."""
@@ -188,8 +189,9 @@ def _reference(
             *args,
             model_name=model_name,
             var_names=list(family.var_names),
+            nuts=nuts,
+            seed=seed,
             **kwargs,
-            **nuts,
         )
         seconds = time.perf_counter() - t0
         failed = [g.name for g in ref.gate.gates if not g.passed]
@@ -259,28 +261,12 @@ def run_audit(
     model: str = "mixed-effect-linear",
     agent: str = "meTS-Lin",
     *,
-    num_actions: int = 10,
-    num_effects: int = 2,
-    dim: int = 2,
-    rounds: int = 200,
+    problem: AuditSettings | None = None,
+    nuts: NUTSSettings | None = None,
     checkpoints: Sequence[int] = (50, 200),
-    seed: int = 0,
     alpha: float = 0.01,
     parameterization: str = "auto",
-    num_chains: int = 4,
-    num_warmup: int = 1000,
-    num_samples: int = 1000,
-    target_accept: float = 0.9,
     negative_controls: bool = True,
-    factored_variant: str = "mean-field",
-    num_arms: int = 10,
-    prior: str = "random",
-    prior_dir=None,
-    pretrain_samples: int = 1000,
-    pretrain_steps: int = 3000,
-    ddpm_steps: int = 10,
-    posterior_samples: int = 20000,
-    data=None,
     history=None,
     environment=None,
     out_dir=None,
@@ -295,34 +281,33 @@ def run_audit(
         "diffusion-linear" or "diffusion-neural".
     agent : an agent of the model's family (case-insensitive): the mixed-effect agents
         of :data:`AUDIT_AGENTS`, "LinTS-shared" (linear-bandit) or "dTS" (diffusion).
-    num_actions, num_effects, dim : K, L (effects, or diffusion levels), d of the problem.
-    rounds : rounds the agent plays; checkpoints must lie in [0, rounds].
+    problem : :class:`~validation.families.AuditSettings`, optional
+        The problem and the agent: K, L (effects, or diffusion levels), d, N arms, the
+        rounds played (checkpoints must lie in [0, rounds]), the seed (the problem, the
+        agent's randomness and the NUTS chains derive from it), the factored variant of
+        the "-Fa" agents, the diffusion-neural prior ("random" MLP links,
+        :func:`ppl_bandits.diffusion.environment.diffusion_environment`, or "ddpm",
+        :func:`ppl_bandits.diffusion.ddpm.pretrain_ddpm_prior`, whose ``ddpm_steps``
+        levels replace ``num_effects``; a ``prior_dir`` of a saved DDPM implies "ddpm"),
+        the DDPM pre-training, the draws that represent a sampled claimed posterior and
+        a real data set of the mixed-effect models
+        (:func:`ppl_bandits.experiments.movielens.movielens_environment`). ``None`` for
+        the defaults. Every field is checked before anything runs.
+    nuts : :class:`~validation.reference.NUTSSettings`, optional
+        Settings of the NUTS references (``None`` for the defaults); the chains are
+        seeded with ``problem.seed``.
     checkpoints : rounds t at which the posterior is audited (t = 0 audits the prior).
-    seed : the problem, the agent's randomness and the NUTS chains derive from it.
     alpha : family-wise error rate of each exact comparison (Bonferroni inside).
     parameterization : "auto" (the family's parameterizations in turn), "centered" or
         "noncentered" (one the family offers).
-    num_chains, num_warmup, num_samples, target_accept : NUTS settings.
     negative_controls : also run the family's deliberately wrong posteriors.
-    factored_variant : mean of the "-Fa" agents, "mean-field" or "published".
-    num_arms : N, arms per round of the linear bandit.
-    prior : diffusion-neural only: "random" (a random 2-layer ReLU MLP link per level,
-        :func:`ppl_bandits.diffusion.environment.diffusion_environment`) or "ddpm" (a DDPM prior,
-        :func:`ppl_bandits.diffusion.ddpm.pretrain_ddpm_prior`; its ``ddpm_steps`` levels
-        replace ``num_effects``).
-    prior_dir : directory of a saved DDPM (:func:`ppl_bandits.diffusion.ddpm.save_ddpm`); implies
-        ``prior="ddpm"``.
-    pretrain_samples, pretrain_steps, ddpm_steps : DDPM pre-training on N(0, I_d) samples.
-    posterior_samples : draws that represent a sampled (non-Gaussian) claimed posterior.
-    data : mixed-effect models only: path of a real data set (MovieLens,
-        :func:`ppl_bandits.experiments.movielens.movielens_environment`).
     history : (contexts (n, d), actions (n,), rewards (n,)), optional
         A recorded history to audit instead of a simulated one
         (:func:`ppl_bandits.data.history.load_history`): the problem's prior is the one the
-        family's environment draws with ``seed`` (as a simulation would), the agent's
-        state after t rounds is its update replayed over the first t recorded rounds
-        (:func:`ppl_bandits.core.runner.replay`), and NUTS conditions on the same rounds.
-        ``rounds`` becomes n; checkpoints must lie in [0, n].
+        family's environment draws with ``problem.seed`` (as a simulation would), the
+        agent's state after t rounds is its update replayed over the first t recorded
+        rounds (:func:`ppl_bandits.core.runner.replay`), and NUTS conditions on the same
+        rounds. ``problem.rounds`` becomes n; checkpoints must lie in [0, n].
     environment : an :class:`~ppl_bandits.core.types.Environment` to use instead of the
         family's own; its ``draw`` must return a prior of the family's type.
     out_dir : if given, each accepted reference is stored under out_dir/reference_t<t>/.
@@ -333,30 +318,59 @@ def run_audit(
     AuditOutcome
         ``record`` (JSON-ready: model, agent, settings, reference, checks,
         negative_controls, verdict), the references and the report panels.
+
+    Examples
+    --------
+    >>> from validation.families import AuditSettings
+    >>> from validation.reference import NUTSSettings
+    >>> outcome = run_audit(
+    ...     "mixed-effect-linear", "meTS-Lin",
+    ...     problem=AuditSettings(num_actions=4, rounds=60),
+    ...     nuts=NUTSSettings(num_warmup=400, num_samples=600),
+    ...     checkpoints=[20, 60], log=None,
+    ... )  # doctest: +SKIP
+    >>> outcome.record["verdict"]  # doctest: +SKIP
+    'pass'
     """
     log = log or (lambda _msg: None)
     model = _resolve(model, AUDIT_FAMILIES, "model")
     family = AUDIT_FAMILIES[model]
     agent = _resolve_agent(agent, family)
+    if problem is None:
+        problem = AuditSettings()
+    elif not isinstance(problem, AuditSettings):
+        raise ValueError(
+            f"problem is {type(problem).__name__}; expected a validation.families.AuditSettings"
+        )
+    if nuts is None:
+        nuts = NUTSSettings()
+    elif not isinstance(nuts, NUTSSettings):
+        raise ValueError(
+            f"nuts is {type(nuts).__name__}; expected a validation.reference.NUTSSettings"
+        )
+    nuts = nuts.check()
     if AUDIT_AGENTS.get(agent, (None, None))[1] is not None and model.startswith("mixed"):
-        if factored_variant not in ("mean-field", "published"):
+        if problem.factored_variant not in ("mean-field", "published"):
             raise ValueError(
-                f"factored_variant is {factored_variant!r}; expected mean-field or published"
+                f"factored_variant is {problem.factored_variant!r}; expected mean-field or "
+                "published"
             )
-    for name, value in (
-        ("num_actions", num_actions),
-        ("num_effects", num_effects),
-        ("dim", dim),
-        ("rounds", rounds),
-        ("num_arms", num_arms),
-        ("ddpm_steps", ddpm_steps),
-        ("posterior_samples", posterior_samples),
-        ("pretrain_samples", pretrain_samples),
-        ("pretrain_steps", pretrain_steps),
+    for name in (
+        "num_actions",
+        "num_effects",
+        "dim",
+        "rounds",
+        "num_arms",
+        "ddpm_steps",
+        "posterior_samples",
+        "pretrain_samples",
+        "pretrain_steps",
     ):
-        _check_int(name, value)
+        _check_int(name, getattr(problem, name))
+    _check_int("seed", problem.seed, 0)
+    rounds = problem.rounds
     if history is not None:
-        history = _check_history(history, model, num_actions, num_arms, dim)
+        history = _check_history(history, model, problem.num_actions, problem.num_arms, problem.dim)
         rounds = int(history[0].shape[0])
     checkpoints = sorted({int(c) for c in checkpoints})
     if not checkpoints or checkpoints[0] < 0 or checkpoints[-1] > rounds:
@@ -369,32 +383,33 @@ def run_audit(
             f"parameterization is {parameterization!r}; expected one of {', '.join(allowed)} "
             f"for model {model}"
         )
-    if prior_dir is not None:
-        prior = "ddpm"
+    prior = "ddpm" if problem.prior_dir is not None else problem.prior
     if prior not in NEURAL_PRIORS:
         raise ValueError(f"prior is {prior!r}; expected one of {', '.join(NEURAL_PRIORS)}")
     if prior == "ddpm" and model != "diffusion-neural":
         raise ValueError(
             f"prior is 'ddpm'; DDPM priors are audited with model diffusion-neural, not {model}"
         )
+    data = problem.data
     if data is not None and not model.startswith("mixed-effect"):
         raise ValueError(f"data is {str(data)!r}; real data sets feed the mixed-effect models only")
     settings = AuditSettings(
-        num_actions=int(num_actions),
-        num_effects=int(num_effects),
-        dim=int(dim),
-        num_arms=int(num_arms),
+        num_actions=int(problem.num_actions),
+        num_effects=int(problem.num_effects),
+        dim=int(problem.dim),
+        num_arms=int(problem.num_arms),
         rounds=int(rounds),
-        seed=int(seed),
-        factored_variant=factored_variant,
+        seed=int(problem.seed),
+        factored_variant=problem.factored_variant,
         prior=prior,
-        prior_dir=None if prior_dir is None else str(prior_dir),
-        pretrain_samples=int(pretrain_samples),
-        pretrain_steps=int(pretrain_steps),
-        ddpm_steps=int(ddpm_steps),
-        posterior_samples=int(posterior_samples),
+        prior_dir=None if problem.prior_dir is None else str(problem.prior_dir),
+        pretrain_samples=int(problem.pretrain_samples),
+        pretrain_steps=int(problem.pretrain_steps),
+        ddpm_steps=int(problem.ddpm_steps),
+        posterior_samples=int(problem.posterior_samples),
         data=None if data is None else str(data),
     )
+    seed = settings.seed
     exact = family.agents[agent].exact
     started = time.perf_counter()
 
@@ -409,9 +424,13 @@ def run_audit(
             f"{family.prior_type.__name__}"
         )
     bandit = family.agent(agent, settings)
-    levels = ddpm_steps if prior == "ddpm" and model == "diffusion-neural" else num_effects
+    levels = (
+        settings.ddpm_steps
+        if prior == "ddpm" and model == "diffusion-neural"
+        else settings.num_effects
+    )
     log(
-        f"audit: {agent} on {model} (K={num_actions}, L={levels}, d={dim}), "
+        f"audit: {agent} on {model} (K={settings.num_actions}, L={levels}, d={settings.dim}), "
         f"{rounds} rounds, checkpoints {checkpoints}"
     )
     if history is None:
@@ -430,15 +449,8 @@ def run_audit(
     agent_prior = family.agent_prior(agent, problem_prior)
     init_state = bandit.init(jax.random.key(0), agent_prior)
     if history is not None:
-        width = num_arms if model == "linear-bandit" else num_actions
+        width = settings.num_arms if model == "linear-bandit" else settings.num_actions
         replayed = replay(jax.random.key(0), bandit, agent_prior, history, width, checkpoints)
-    nuts = {
-        "num_chains": num_chains,
-        "num_warmup": num_warmup,
-        "num_samples": num_samples,
-        "seed": seed,
-        "target_accept": target_accept,
-    }
 
     checks, controls, ref_records, references, panels = [], [], [], {}, []
     histories, claims = {}, {}
@@ -459,6 +471,7 @@ def run_audit(
             histories[t],
             parameterization=parameterization,
             nuts=nuts,
+            seed=seed,
             log=log,
         )
         ref_records.append(
@@ -583,7 +596,10 @@ def run_audit(
     return AuditOutcome(record, references, panels, histories, claims)
 
 
-def _record_settings(family, agent, s: AuditSettings, checkpoints, alpha, parameterization, nuts):
+def _record_settings(
+    family, agent, s: AuditSettings, checkpoints, alpha, parameterization, nuts: NUTSSettings
+):
+    """The ``settings`` of audit.json: the problem, the audit's options and the NUTS run."""
     out = {
         "num_actions": s.num_actions,
         "num_effects": s.num_effects,
@@ -610,4 +626,10 @@ def _record_settings(family, agent, s: AuditSettings, checkpoints, alpha, parame
             out["prior_dir"] = s.prior_dir
             out["pretrain_samples"] = s.pretrain_samples
             out["pretrain_steps"] = s.pretrain_steps
-    return out | nuts
+    return out | {
+        "num_chains": nuts.num_chains,
+        "num_warmup": nuts.num_warmup,
+        "num_samples": nuts.num_samples,
+        "seed": s.seed,
+        "target_accept": nuts.target_accept,
+    }

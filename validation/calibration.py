@@ -114,7 +114,7 @@ from validation.controls import COVARIANCE_FACTOR, MEAN_SHIFT_SD, family_control
 from validation.ecdf import ALPHA, NULL_SEED, check_alpha, ecdf_uniformity_test
 from validation.families import AUDIT_MODELS
 from validation.families import NEGATIVE_CONTROLS as CONTROL_KINDS
-from validation.reference import run_nuts
+from validation.reference import NUTSSettings, run_nuts
 
 __all__ = [
     "CALIBRATION_AGENTS",
@@ -863,11 +863,13 @@ def calibrate_nuts(
             contexts,
             actions,
             rewards,
-            num_chains=num_chains,
-            num_warmup=num_warmup,
-            num_samples=num_samples,
+            nuts=NUTSSettings(
+                num_chains=num_chains,
+                num_warmup=num_warmup,
+                num_samples=num_samples,
+                chain_method="sequential",
+            ),
             seed=seed + r,
-            chain_method="sequential",
         )
         draws = stack_draws(idata, ["psi", "theta"])[:, ::thin].reshape(-1, truth.size)
         ranks.append(np.sum(draws < truth, axis=0))

@@ -53,6 +53,8 @@ from ppl_bandits.plotting import subplots
 from ppl_bandits.results import provenance, write_json
 from validation.audit import run_audit
 from validation.compare import energy_distance, gaussian_w2
+from validation.families import AuditSettings
+from validation.reference import NUTSSettings
 
 __all__ = [
     "COLUMNS",
@@ -262,8 +264,7 @@ def run_diffusion_study(
     pretrain_steps: int = 3000,
     posterior_samples: int = 20000,
     seed: int = 0,
-    num_warmup: int = 1000,
-    num_samples: int = 1000,
+    nuts: NUTSSettings | None = None,
     prior_dir=None,
     log: Callable[[str], None] | None = print,
 ) -> dict:
@@ -273,7 +274,8 @@ def run_diffusion_study(
     samples, or loaded from ``prior_dir``); ``pretrain_sizes`` the sample sizes of study 2
     (``quality_rounds`` rounds each; empty to skip, and skipped with ``prior_dir``);
     the quality check is study 2's row with 1000 samples (K = ``num_actions``, d = ``dim``:
-    the paper's check is K = 1, d = 2, 100 rounds).
+    the paper's check is K = 1, d = 2, 100 rounds). ``nuts`` sets the NUTS references of
+    every audit (``None`` for the defaults).
     """
     log = log or (lambda _msg: None)
     rounds = sorted({int(r) for r in rounds})
@@ -305,20 +307,22 @@ def run_diffusion_study(
         )
         env = fixed_prior_environment(prior, truth=truth, name=f"ddpm-{n}-true-N(0,I)")
         t0 = time.perf_counter()
-        outcome = run_audit(
-            "diffusion-neural",
-            "dTS",
+        problem = AuditSettings(
             num_actions=num_actions,
             num_effects=ddpm_steps,
             dim=dim,
             rounds=max(max(checkpoints), 1),
-            checkpoints=checkpoints,
             seed=seed,
-            num_warmup=num_warmup,
-            num_samples=num_samples,
-            negative_controls=False,
             prior="ddpm",
             posterior_samples=posterior_samples,
+        )
+        outcome = run_audit(
+            "diffusion-neural",
+            "dTS",
+            problem=problem,
+            nuts=nuts,
+            checkpoints=checkpoints,
+            negative_controls=False,
             environment=env,
             log=log,
         )

@@ -19,6 +19,8 @@ import numpy as np
 from ppl_bandits.plotting import subplots
 from ppl_bandits.results import provenance, write_json
 from validation.audit import run_audit
+from validation.families import AuditSettings
+from validation.reference import NUTSSettings
 
 __all__ = [
     "COLUMNS",
@@ -61,29 +63,36 @@ def run_discrepancy_study(
     num_effects: int = 2,
     dim: int = 2,
     seed: int = 0,
-    num_warmup: int = 1000,
-    num_samples: int = 1000,
+    nuts: NUTSSettings | None = None,
     log=print,
 ) -> list[dict]:
-    """One row per (agent, checkpoint) with the discrepancy statistics."""
+    """One row per (agent, checkpoint) with the discrepancy statistics.
+
+    Each entry ``(label, agent, model, variant)`` of ``study`` is one audit
+    (:func:`validation.audit.run_audit`, no negative controls) of K = ``num_actions``,
+    L = ``num_effects``, d = ``dim`` played for ``max(rounds)`` rounds with checkpoints
+    ``rounds``; ``nuts`` sets its NUTS references (``None`` for the defaults).
+    """
     rounds = sorted({int(r) for r in rounds})
     if not rounds or rounds[0] < 0:
         raise ValueError(f"rounds are {rounds}; expected round numbers >= 0")
     rows = []
     for label, agent, model, variant in study:
-        outcome = run_audit(
-            model,
-            agent,
+        problem = AuditSettings(
             num_actions=num_actions,
             num_effects=num_effects,
             dim=dim,
             rounds=max(max(rounds), 1),
-            checkpoints=rounds,
             seed=seed,
-            num_warmup=num_warmup,
-            num_samples=num_samples,
-            negative_controls=False,
             factored_variant=variant,
+        )
+        outcome = run_audit(
+            model,
+            agent,
+            problem=problem,
+            nuts=nuts,
+            checkpoints=rounds,
+            negative_controls=False,
             log=log,
         )
         for check in outcome.record["checks"]:

@@ -192,22 +192,41 @@ class AgentInfo(NamedTuple):
 
 
 class AuditSettings(NamedTuple):
-    """The problem and agent settings of an audit (see :func:`run_audit`)."""
+    """The problem and agent settings of an audit (the ``problem`` of
+    :func:`validation.audit.run_audit`, which checks them); the defaults are the audit's.
 
-    num_actions: int
-    num_effects: int
-    dim: int
-    num_arms: int
-    rounds: int
-    seed: int
-    factored_variant: str
-    prior: str
-    prior_dir: str | None
-    pretrain_samples: int
-    pretrain_steps: int
-    ddpm_steps: int
-    posterior_samples: int
-    data: str | None
+    A field a family does not use is ignored (``num_arms`` outside the linear bandit, the
+    DDPM fields outside ``diffusion-neural``, ``data`` outside the mixed-effect models).
+    """
+
+    num_actions: int = 10
+    """K, the number of actions (arms of the mixed-effect and diffusion models)."""
+    num_effects: int = 2
+    """L, the number of effects (mixed effect) or diffusion levels (diffusion models)."""
+    dim: int = 2
+    """d, the dimension of contexts and action parameters."""
+    num_arms: int = 10
+    """N, arms offered per round by the linear bandit."""
+    rounds: int = 200
+    """Rounds the agent plays; a recorded history replaces it by its length."""
+    seed: int = 0
+    """Seed of the problem, of the agent's randomness and of the NUTS chains."""
+    factored_variant: str = "mean-field"
+    """Mean of the factored ("-Fa") mixed-effect agents: "mean-field" or "published"."""
+    prior: str = "random"
+    """diffusion-neural: "random" (random 2-layer ReLU MLP links) or "ddpm" (a DDPM prior)."""
+    prior_dir: str | None = None
+    """diffusion-neural: directory of a saved DDPM; implies ``prior="ddpm"``."""
+    pretrain_samples: int = 1000
+    """DDPM pre-training: N(0, I_d) samples it is trained on."""
+    pretrain_steps: int = 3000
+    """DDPM pre-training: optimiser steps."""
+    ddpm_steps: int = 10
+    """DDPM: diffusion steps, the levels that replace ``num_effects``."""
+    posterior_samples: int = 20000
+    """Draws that represent a sampled (non-Gaussian) claimed posterior."""
+    data: str | None = None
+    """Mixed-effect models: path of a real data set (MovieLens) instead of a simulated one."""
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from ppl_bandits.results import prepare_out_dir, provenance, strict_json, write_
 from validation.compare import discrepancy, exact_comparison, stack_draws, stack_labels
 from validation.controls import ControlSet, identical_claims
 from validation.diagnostics import check_gates
-from validation.reference import Reference, build_reference, data_hash
+from validation.reference import NUTSSettings, Reference, build_reference, data_hash
 from validation.report import CheckpointPanel, write_audit_report
 from validation.twosample import MAX_POINTS, energy_test, min_bulk_ess, thin_to_ess
 
@@ -69,12 +69,13 @@ MIN_CLAIM_DRAWS: int = 100
 NUM_PERMUTATIONS: int = 499
 #: Draws taken from a SampledClaim to check its shapes before NUTS runs.
 _PILOT_DRAWS = 16
-#: Keyword arguments of build_reference that a model keyword argument must not shadow.
+#: Keyword arguments of build_reference, and the NUTS settings it refuses as model keyword
+#: arguments, that a model keyword argument must not shadow.
 _RESERVED = frozenset(
     name
     for name, prm in inspect.signature(build_reference).parameters.items()
     if prm.kind not in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD)
-)
+) | frozenset(NUTSSettings._fields)
 
 
 # --------------------------------------------------------------------------- results
@@ -523,7 +524,8 @@ def audit_posterior(
           sites with the model's shapes (they set the default ``sites``).
     model_kwargs : dict, optional
         Keyword arguments of the model (its data); must not use the names of
-        :func:`validation.reference.build_reference`'s own arguments.
+        :func:`validation.reference.build_reference`'s own arguments or of the fields of
+        :class:`validation.reference.NUTSSettings`.
     sites : list of str, optional
         Latent sample sites to audit, in the order of the flattened vector. Default: those
         of a Gaussian or sampled claim object, else every latent sample site of the model
@@ -531,7 +533,9 @@ def audit_posterior(
     seed : int
         Seed of NUTS, of the permutations and of a SampledClaim's draws.
     num_chains, num_warmup, num_samples : int
-        NUTS settings, at least 1, 1 and 4. The reference gates need 4 chains.
+        NUTS settings, at least 1, 1 and 4 (the :class:`validation.reference.NUTSSettings`
+        of the reference; its other fields keep their defaults). The reference gates need
+        4 chains.
     alpha : float
         Level of the test of the claim, in (0, 1): a correct claim fails with probability
         at most ``alpha`` (given an accepted reference).
@@ -601,6 +605,7 @@ def audit_posterior(
     num_chains = _check_int("num_chains", num_chains, 1)
     num_warmup = _check_int("num_warmup", num_warmup, 1)
     num_samples = _check_int("num_samples", num_samples, 4)
+    nuts = NUTSSettings(num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples)
     if isinstance(alpha, bool) or not (
         isinstance(alpha, float | int | np.floating) and 0.0 < alpha < 1.0
     ):
@@ -637,9 +642,7 @@ def audit_posterior(
             model,
             model_name=model_name,
             var_names=names,
-            num_chains=num_chains,
-            num_warmup=num_warmup,
-            num_samples=num_samples,
+            nuts=nuts,
             seed=seed,
             **model_kwargs,
         )

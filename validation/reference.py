@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -44,6 +44,7 @@ __all__ = [
     "CHAIN_METHODS",
     "DRAWS_FILE",
     "RECORD_FILE",
+    "NUTSSettings",
     "Reference",
     "ReferenceMismatch",
     "ReferenceRefused",
@@ -224,43 +225,109 @@ def _check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
-def _sampler_settings(
-    num_chains,
-    num_warmup,
-    num_samples,
-    seed,
-    target_accept,
-    dense_mass,
-    max_tree_depth,
-    chain_method,
-) -> dict[str, Any]:
-    num_chains = _check_int("num_chains", num_chains, 1)
-    num_warmup = _check_int("num_warmup", num_warmup, 0)
-    num_samples = _check_int("num_samples", num_samples, 1)
-    seed = _check_int("seed", seed, 0)
-    max_tree_depth = _check_int("max_tree_depth", max_tree_depth, 1)
-    if isinstance(target_accept, bool) or not (
-        isinstance(target_accept, float | int | np.floating) and 0.0 < target_accept < 1.0
-    ):
-        raise ValueError(f"target_accept is {target_accept!r}; expected a number in (0, 1)")
-    if not isinstance(dense_mass, bool):
-        raise ValueError(f"dense_mass is {dense_mass!r}; expected True or False")
-    if chain_method is None:
-        chain_method = "parallel" if jax.local_device_count() >= num_chains else "sequential"
-    elif chain_method not in CHAIN_METHODS:
-        raise ValueError(
-            f"chain_method is {chain_method!r}; expected None or one of {CHAIN_METHODS}"
+class NUTSSettings(NamedTuple):
+    """The settings of a NUTS run (:func:`run_nuts`), checked by :meth:`check`.
+
+    The seed is not one of them: it is provenance, passed on its own. The defaults are
+    those of a reference run (4 chains of 1000 draws after 1000 warm-up iterations).
+
+    Examples
+    --------
+    >>> NUTSSettings(num_warmup=500).check().num_warmup
+    500
+    >>> NUTSSettings(num_chains=0).check()
+    Traceback (most recent call last):
+    ...
+    ValueError: num_chains is 0; expected an integer >= 1
+    """
+
+    num_chains: int = 4
+    """Independent chains (the acceptance gates of :mod:`validation.diagnostics` need 4)."""
+    num_warmup: int = 1000
+    """Warm-up (adaptation) iterations per chain, not kept; at least 0."""
+    num_samples: int = 1000
+    """Kept draws per chain; at least 1."""
+    target_accept: float = 0.9
+    """Target mean acceptance probability of the step-size adaptation, in (0, 1)."""
+    dense_mass: bool = False
+    """Adapt a dense (instead of diagonal) mass matrix."""
+    max_tree_depth: int = 10
+    """Maximum NUTS tree depth (at most 2**depth - 1 leapfrog steps per draw); at least 1."""
+    chain_method: str | None = None
+    """How chains run: ``None`` (``"parallel"`` when ``jax.local_device_count() >=
+    num_chains``, else ``"sequential"``) or one of :data:`CHAIN_METHODS`."""
+
+    def check(self) -> NUTSSettings:
+        """These settings with numbers as Python ``int``/``float``, or a ``ValueError``.
+
+        The message names the field, the value given and what is expected. Nothing is
+        sampled; :func:`run_nuts` calls this before it starts.
+        """
+        num_chains = _check_int("num_chains", self.num_chains, 1)
+        num_warmup = _check_int("num_warmup", self.num_warmup, 0)
+        num_samples = _check_int("num_samples", self.num_samples, 1)
+        max_tree_depth = _check_int("max_tree_depth", self.max_tree_depth, 1)
+        if isinstance(self.target_accept, bool) or not (
+            isinstance(self.target_accept, float | int | np.floating)
+            and 0.0 < self.target_accept < 1.0
+        ):
+            raise ValueError(
+                f"target_accept is {self.target_accept!r}; expected a number in (0, 1)"
+            )
+        if not isinstance(self.dense_mass, bool):
+            raise ValueError(f"dense_mass is {self.dense_mass!r}; expected True or False")
+        if self.chain_method is not None and self.chain_method not in CHAIN_METHODS:
+            raise ValueError(
+                f"chain_method is {self.chain_method!r}; expected None or one of {CHAIN_METHODS}"
+            )
+        return NUTSSettings(
+            num_chains=num_chains,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            target_accept=float(self.target_accept),
+            dense_mass=self.dense_mass,
+            max_tree_depth=max_tree_depth,
+            chain_method=self.chain_method,
         )
+
+
+def _nuts_settings(nuts) -> NUTSSettings:
+    """``nuts`` (None for the defaults) checked, or a ``ValueError`` naming it."""
+    if nuts is None:
+        return NUTSSettings()
+    if not isinstance(nuts, NUTSSettings):
+        raise ValueError(
+            f"nuts is {type(nuts).__name__}; expected a validation.reference.NUTSSettings"
+        )
+    return nuts.check()
+
+
+def _reject_settings_as_model_kwargs(model_kwargs: Mapping[str, Any]) -> None:
+    """The NUTS settings were keywords of run_nuts once; they must not reach the model."""
+    clash = sorted(set(model_kwargs) & set(NUTSSettings._fields))
+    if clash:
+        raise TypeError(
+            f"{clash[0]} was passed as a model keyword argument; NUTS settings go in "
+            f"nuts=NUTSSettings({clash[0]}=...), and a model keyword argument must not be "
+            f"named like one of them ({', '.join(NUTSSettings._fields)})"
+        )
+
+
+def _sampler_settings(nuts: NUTSSettings, seed) -> dict[str, Any]:
+    seed = _check_int("seed", seed, 0)
+    chain_method = nuts.chain_method
+    if chain_method is None:
+        chain_method = "parallel" if jax.local_device_count() >= nuts.num_chains else "sequential"
     return {
         "algorithm": "NUTS",
         "library": "numpyro",
-        "num_chains": num_chains,
-        "num_warmup": num_warmup,
-        "num_samples": num_samples,
+        "num_chains": nuts.num_chains,
+        "num_warmup": nuts.num_warmup,
+        "num_samples": nuts.num_samples,
         "seed": seed,
-        "target_accept": float(target_accept),
-        "dense_mass": dense_mass,
-        "max_tree_depth": max_tree_depth,
+        "target_accept": nuts.target_accept,
+        "dense_mass": nuts.dense_mass,
+        "max_tree_depth": nuts.max_tree_depth,
         "chain_method": chain_method,
         "extra_fields": list(EXTRA_FIELDS),
         "jax_enable_x64": bool(jax.config.jax_enable_x64),
@@ -270,21 +337,15 @@ def _sampler_settings(
 def run_nuts(
     model: Callable[..., Any],
     *model_args,
-    num_chains: int = 4,
-    num_warmup: int = 1000,
-    num_samples: int = 1000,
+    nuts: NUTSSettings | None = None,
     seed: int = 0,
-    target_accept: float = 0.9,
-    dense_mass: bool = False,
-    max_tree_depth: int = 10,
     progress_bar: bool = False,
-    chain_method: str | None = None,
     **model_kwargs,
 ):
     r"""Sample the posterior of a NumPyro model with NUTS and return ArviZ InferenceData.
 
     Runs :class:`numpyro.infer.NUTS` (Hoffman and Gelman 2014, with Stan's windowed
-    adaptation of step size and mass matrix during ``num_warmup``) on
+    adaptation of step size and mass matrix during ``nuts.num_warmup``) on
     :math:`p(\text{latent} \mid \text{data}) \propto p(\text{latent}, \text{data})`, where the
     data are the observed sites of ``model(*model_args, **model_kwargs)``.
 
@@ -293,31 +354,28 @@ def run_nuts(
     model : callable
         A NumPyro model.
     *model_args, **model_kwargs
-        Passed to the model (the data it is conditioned on).
-    num_chains, num_warmup, num_samples : int
-        Chains, warmup iterations per chain and kept draws per chain.
+        Passed to the model (the data it is conditioned on). A keyword named like a field
+        of :class:`NUTSSettings` raises ``TypeError`` (settings go in ``nuts``).
+    nuts : NUTSSettings, optional
+        Chains, warm-up, draws, target acceptance, mass matrix, tree depth and how the
+        chains run; ``None`` for the defaults. Checked (:meth:`NUTSSettings.check`) before
+        anything is sampled. ``chain_method=None`` uses ``"parallel"`` when
+        ``jax.local_device_count() >= num_chains`` and ``"sequential"`` otherwise. (Set
+        the device count with ``numpyro.set_host_device_count`` before JAX starts; this
+        module never does.)
     seed : int
-        Seed of ``jax.random.PRNGKey``; the run is reproducible for a fixed seed, JAX
-        version, backend and x64 setting.
-    target_accept : float
-        Target mean acceptance probability of the step-size adaptation, in (0, 1).
-    dense_mass : bool
-        Adapt a dense (instead of diagonal) mass matrix.
-    max_tree_depth : int
-        Maximum NUTS tree depth (at most :math:`2^{\text{depth}} - 1` leapfrog steps).
+        Seed of ``jax.random.PRNGKey``, at least 0; the run is reproducible for a fixed
+        seed, JAX version, backend and x64 setting.
     progress_bar : bool
         Show NumPyro's progress bar.
-    chain_method : {None, "parallel", "sequential", "vectorized"}
-        ``None`` uses ``"parallel"`` when ``jax.local_device_count() >= num_chains`` and
-        ``"sequential"`` otherwise. (Set the device count with
-        ``numpyro.set_host_device_count`` before JAX starts; this module never does.)
 
     Returns
     -------
     arviz.InferenceData
         ``posterior`` (every latent and deterministic site), ``sample_stats`` with
         ``diverging``, ``energy``, ``n_steps``, ``tree_depth``, ``acceptance_rate`` and
-        ``lp``, and ``observed_data``. The sampler settings are stored as JSON in
+        ``lp``, and ``observed_data``. The sampler settings (the checked ``nuts``, the
+        resolved ``chain_method`` and the seed) are stored as JSON in
         ``idata.posterior.attrs["sampler_settings"]``.
 
     Examples
@@ -328,8 +386,8 @@ def run_nuts(
     >>> def normal_mean(y):
     ...     mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
     ...     numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
-    >>> idata = run_nuts(normal_mean, jnp.array([0.3, -0.1, 0.8]), num_warmup=200,
-    ...                  num_samples=200, chain_method="vectorized")
+    >>> nuts = NUTSSettings(num_warmup=200, num_samples=200, chain_method="vectorized")
+    >>> idata = run_nuts(normal_mean, jnp.array([0.3, -0.1, 0.8]), nuts=nuts)
     >>> dict(idata.posterior.sizes)
     {'chain': 4, 'draw': 200}
     >>> sorted(v for v in ("diverging", "energy") if v in idata.sample_stats)
@@ -337,27 +395,20 @@ def run_nuts(
     """
     if not callable(model):
         raise TypeError(f"model is {model!r}; expected a NumPyro model (a callable)")
-    settings = _sampler_settings(
-        num_chains,
-        num_warmup,
-        num_samples,
-        seed,
-        target_accept,
-        dense_mass,
-        max_tree_depth,
-        chain_method,
-    )
+    _reject_settings_as_model_kwargs(model_kwargs)
+    nuts = _nuts_settings(nuts)
+    settings = _sampler_settings(nuts, seed)
     kernel = NUTS(
         model,
-        target_accept_prob=settings["target_accept"],
-        dense_mass=dense_mass,
-        max_tree_depth=settings["max_tree_depth"],
+        target_accept_prob=nuts.target_accept,
+        dense_mass=nuts.dense_mass,
+        max_tree_depth=nuts.max_tree_depth,
     )
     mcmc = MCMC(
         kernel,
-        num_warmup=settings["num_warmup"],
-        num_samples=settings["num_samples"],
-        num_chains=settings["num_chains"],
+        num_warmup=nuts.num_warmup,
+        num_samples=nuts.num_samples,
+        num_chains=nuts.num_chains,
         chain_method=settings["chain_method"],
         progress_bar=progress_bar,
     )
@@ -414,15 +465,9 @@ def build_reference(
     *model_args,
     model_name: str,
     var_names: Sequence[str] | str | None = None,
-    num_chains: int = 4,
-    num_warmup: int = 1000,
-    num_samples: int = 1000,
+    nuts: NUTSSettings | None = None,
     seed: int = 0,
-    target_accept: float = 0.9,
-    dense_mass: bool = False,
-    max_tree_depth: int = 10,
     progress_bar: bool = False,
-    chain_method: str | None = None,
     **model_kwargs,
 ) -> Reference:
     r"""Run NUTS, check the acceptance gates and record the provenance of the result.
@@ -438,10 +483,12 @@ def build_reference(
         A name for the model and parameterisation, e.g. ``"mixed_effect/noncentered"``.
     var_names : sequence of str, str or None
         Posterior variables the gates are checked on; ``None`` checks all of them.
-    num_chains, num_warmup, num_samples, seed, target_accept : int or float
-        Sampler settings, see :func:`run_nuts`.
-    dense_mass, max_tree_depth, progress_bar, chain_method
-        Sampler settings, see :func:`run_nuts`.
+    nuts : NUTSSettings, optional
+        Sampler settings (``None`` for the defaults), see :func:`run_nuts`.
+    seed : int
+        Seed of the chains, recorded as the reference's seed.
+    progress_bar : bool
+        Show NumPyro's progress bar.
 
     Returns
     -------
@@ -460,9 +507,9 @@ def build_reference(
     >>> def normal_mean(y):
     ...     mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
     ...     numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+    >>> nuts = NUTSSettings(num_warmup=500, num_samples=500, chain_method="vectorized")
     >>> ref = build_reference(normal_mean, jnp.array([0.3, -0.1, 0.8]),
-    ...                       model_name="normal_mean", num_warmup=500, num_samples=500,
-    ...                       chain_method="vectorized")
+    ...                       model_name="normal_mean", nuts=nuts)
     >>> ref.accepted, ref.record["data_hash"][:7], ref.record["sampler"]["num_chains"]
     (True, 'sha256:', 4)
     """
@@ -470,18 +517,7 @@ def build_reference(
         raise ValueError(f"model_name is {model_name!r}; expected a non-empty string")
     started = time.perf_counter()
     idata = run_nuts(
-        model,
-        *model_args,
-        num_chains=num_chains,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        seed=seed,
-        target_accept=target_accept,
-        dense_mass=dense_mass,
-        max_tree_depth=max_tree_depth,
-        progress_bar=progress_bar,
-        chain_method=chain_method,
-        **model_kwargs,
+        model, *model_args, nuts=nuts, seed=seed, progress_bar=progress_bar, **model_kwargs
     )
     gate = check_gates(idata, var_names=var_names)
     settings = json.loads(idata.posterior.attrs["sampler_settings"])
