@@ -26,7 +26,7 @@ from ppl_bandits.diffusion.ddpm import pretrain
 from ppl_bandits.experiments.ablation import ablation_value, run_ablation, write_ablation
 from ppl_bandits.experiments.catalog import list_experiments, run_experiment
 from ppl_bandits.experiments.report import write_simulation_report
-from ppl_bandits.results import check_out_dir, collect_versions, command_line, write_json
+from ppl_bandits.results import check_out_dir, command_line, provenance, write_json
 from ppl_bandits.runtime import configure_cpu
 from validation.audit import run_audit
 from validation.calibration import calibration_table, run_calibration
@@ -344,11 +344,9 @@ def _audit(args, command: str) -> int:
     )
     if args.history is not None:
         outcome.record["history"]["file"] = str(args.history)
-    record = outcome.record | {
-        "wall_seconds": time.perf_counter() - t0,
-        "command": command,
-        "versions": collect_versions(),
-    }
+    record = outcome.record | provenance(
+        seed=args.seed, wall_seconds=time.perf_counter() - t0, command=command
+    )
     out = Path(args.out)
     write_json(out / "audit.json", record)
     report = write_audit_report(record, [CheckpointPanel(**p) for p in outcome.panels], out)
@@ -544,7 +542,6 @@ def _check_coupling(args, command: str) -> int:
         result,
         args.out,
         command=command,
-        versions=collect_versions(),
         wall_seconds=time.perf_counter() - t0,
     )
     for c in result["checks"]:
