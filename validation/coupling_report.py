@@ -8,7 +8,7 @@ with its provenance), one figure per check and ``report.html``, which links them
   round-off tolerance, with the unscaled-eigenvector control;
 - ``coupling_trial_counts.png``: check 2, the CAS trial counts against the truncated
   Geometric(γ) law, with the wrong-φ control;
-- ``coupling_unbiasedness.png``: check 3, the |z|-scores of the pseudo-rewards against the
+- ``coupling_unbiasedness.png``: check 3, the absolute z-scores of the pseudo-rewards against the
   Bonferroni critical value;
 - ``coupling_estimators.png``: check 4, the ECDFs of the V-normalized error of the HCSA
   and hypothetical estimators, and of the two controls.
