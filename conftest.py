@@ -11,7 +11,8 @@ notebook kernels and subprocesses the tests start (they inherit the environment)
 lives in ``.pytest_cache/jax-compilation`` (``make clean`` removes it), is keyed by the
 program, the XLA flags and the library versions (about 50 MB a pass; it grows only as the
 code changes). A clean clone starts it empty; ``JAX_COMPILATION_CACHE_DIR`` set by the caller
-takes precedence.
+takes precedence. JAX writes entries without a lock; a half-written entry read by another
+process is compiled afresh (its warning is filtered in ``pyproject.toml``).
 """
 
 import os
@@ -27,9 +28,10 @@ configure_cpu()
 #: read when JAX is first imported, so that subprocesses and notebook kernels use them too).
 _CACHE_SETTINGS = {
     "JAX_COMPILATION_CACHE_DIR": str(Path(__file__).parent / ".pytest_cache" / "jax-compilation"),
-    # Cache every program, however fast it compiled: most of the suite's are small.
+    # Cache every program, however fast it compiled (most of the suite's are small) and
+    # however small (-1: no size floor).
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
 }
 for _name, _value in _CACHE_SETTINGS.items():
     os.environ.setdefault(_name, _value)

@@ -17,6 +17,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path, PurePath
 
@@ -130,11 +131,13 @@ def strict_json(obj):
     return obj
 
 
-def write_json(path, obj) -> Path:
-    """Write ``obj`` as indented strict JSON (numpy converted, NaN and infinity as null)."""
+def write_json(path, obj, *, sort_keys: bool = False) -> Path:
+    """Write ``obj`` as indented strict JSON (numpy converted, NaN and infinity as null),
+    with its keys sorted when ``sort_keys`` (for records compared across runs)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n")
+    text = json.dumps(strict_json(obj), indent=2, sort_keys=sort_keys, allow_nan=False)
+    path.write_text(text + "\n")
     return path
 
 
@@ -156,9 +159,8 @@ def prepare_out_dir(out, option: str = "--out", *, files=()) -> Path:
         raise ValueError(f"{option} is {str(path)!r}, which is a file; expected a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".ppl-bandits-write-check"
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".ppl-bandits-write-check-"):
+            pass
     except OSError as exc:
         raise ValueError(
             f"{option} is {str(path)!r}, which cannot be created or written "

@@ -155,6 +155,24 @@ def test_audit_and_calibration_apply_the_same_family_controls(agent, model, cont
                 assert 0 < kept.sum() < kept.size and np.any(claimed.cov[~kept] != 0)
 
 
+def test_family_controls_refuse_names_their_family_does_not_register():
+    """A generic control a family does not list (blocks-decoupled) and a made-up name are
+    refused with the family's list; dts-approximation is refused for the meTS family. The
+    control: a listed name is applied."""
+    K, L, d, rounds = 3, 2, 2, 5
+    state, _ = simulate_replications(
+        "meTS-Lin", "mixed-effect-linear", K, L, d, rounds, 1, 0, jax.devices()
+    )
+    one = jax.tree.map(lambda a: a[0], state)
+    bandit = study_setup("meTS-Lin", "mixed-effect-linear", K, L, d, rounds)[1]
+    claimed = claim64(bandit.posterior(one))
+    for name in ("blocks-decoupled", "dts-approximation", "no-such-control"):
+        with pytest.raises(ValueError, match=rf"negative control is '{name}'; expected one of"):
+            negative_control(name, claimed, one, num_effects=L, dim=d)
+    wrong = negative_control("covariance-x1.3", claimed, one, num_effects=L, dim=d)
+    np.testing.assert_allclose(wrong.cov, 1.3 * claimed.cov, rtol=1e-6)
+
+
 def test_dts_posterior_samples_match_the_claimed_gaussian(played):
     """For linear links the sampled claim (used for neural links) has the claimed Gaussian's
     moments within Monte Carlo error (5 standard errors over every coordinate)."""

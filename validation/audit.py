@@ -69,7 +69,13 @@ from validation.families import (
     AuditSettings,
     claim64,
 )
-from validation.reference import NUTSSettings, Reference, build_reference, save_reference
+from validation.reference import (
+    NUTSSettings,
+    Reference,
+    build_reference,
+    checked_nuts_settings,
+    save_reference,
+)
 
 __all__ = [
     "AuditOutcome",
@@ -342,13 +348,7 @@ def run_audit(
         raise ValueError(
             f"problem is {type(problem).__name__}; expected a validation.families.AuditSettings"
         )
-    if nuts is None:
-        nuts = NUTSSettings()
-    elif not isinstance(nuts, NUTSSettings):
-        raise ValueError(
-            f"nuts is {type(nuts).__name__}; expected a validation.reference.NUTSSettings"
-        )
-    nuts = nuts.check()
+    nuts = checked_nuts_settings(nuts)
     if AUDIT_AGENTS.get(agent, (None, None))[1] is not None and model.startswith("mixed"):
         if problem.factored_variant not in ("mean-field", "published"):
             raise ValueError(

@@ -522,8 +522,10 @@ def _dts_approximation(claim: Claim, state) -> GaussianClaim:
     return _read_like(claim, dts_approximation_claim, state)
 
 
-#: The family-specific controls, ``family -> {name -> (claim, state) -> claim}``, each
-#: registered by its family (:mod:`ppl_bandits.mixed_effect`, :mod:`ppl_bandits.diffusion`):
+#: The family-specific controls, ``family -> {name -> (claim, state) -> claim}``, one
+#: entry per family; each control is built from the family's own public claim functions
+#: (:func:`ppl_bandits.mixed_effect.agents.mets_posterior`,
+#: :func:`ppl_bandits.diffusion.agents.dts_approximation_claim`):
 #:
 #: - ``"mixed-effect"`` (meTS, HierTS): ``coupling-dropped`` (covariances between Ψ and θ
 #:   and between actions' θ_i set to 0) and ``published-factored-mean`` (the mean of

@@ -168,8 +168,11 @@ def negative_control(
       mean that drops the coupling between effects), covariance unchanged: the mean of the
       family's own "published" claim, :func:`ppl_bandits.mixed_effect.agents.mets_posterior`.
 
-    ``num_effects`` (L) and ``dim`` (d) are checked against the state's claim.
+    ``num_effects`` (L) and ``dim`` (d) are checked against the state's claim; a name not
+    in :data:`NEGATIVE_CONTROLS` is refused.
     """
+    if name not in NEGATIVE_CONTROLS:
+        raise ValueError(f"negative control is {name!r}; expected one of {NEGATIVE_CONTROLS}")
     sites = jax.eval_shape(mets_posterior, state).sites
     shapes = dict(sites)
     if shapes["psi"] != (num_effects * dim,) or shapes["theta"][1:] != (dim,):
@@ -489,10 +492,11 @@ def _diffusion_control(name, claimed, state, agent_prior, s: AuditSettings) -> G
     """The ``"diffusion"`` controls of :func:`validation.controls.family_controls` over the
     dTS claim's sites (``psi`` (L, d), ``theta`` (K, d)); the moment-matched Gaussian of a
     sampled claim with neural links, which has no ``dts-approximation``."""
-    if name == "dts-approximation" and agent_prior.neural is not None:
+    allowed = DIFFUSION_LINEAR_CONTROLS if agent_prior.neural is None else DIFFUSION_NEURAL_CONTROLS
+    if name not in allowed:
+        links = "linear" if agent_prior.neural is None else "neural"
         raise ValueError(
-            f"negative control is {name!r}; expected one of {DIFFUSION_NEURAL_CONTROLS} "
-            "with neural links"
+            f"negative control is {name!r}; expected one of {allowed} with {links} links"
         )
     return _family_control("diffusion", name, claimed, state, diffusion_sites(state))
 

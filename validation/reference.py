@@ -6,8 +6,9 @@ It is stored as data with provenance (Magnusson et al., posteriordb):
 
 - ``draws.nc``: the ArviZ ``InferenceData`` (posterior, sample stats, observed data);
 - ``reference.json``: model name and function, a SHA-256 hash of the data, the seed,
-  the sampler settings, library versions, the diagnostics that were checked and the
-  verdict, the creation time and the SHA-256 of ``draws.nc``.
+  the command and wall time of the run, the sampler settings, library versions, the
+  diagnostics that were checked and the verdict, the creation time and the SHA-256 of
+  ``draws.nc``.
 
 A refused reference is still returned (so that its report can be read) but
 :meth:`Reference.require_accepted` raises :class:`ReferenceRefused`, and
@@ -49,6 +50,7 @@ __all__ = [
     "ReferenceMismatch",
     "ReferenceRefused",
     "build_reference",
+    "checked_nuts_settings",
     "data_hash",
     "load_reference",
     "run_nuts",
@@ -291,8 +293,16 @@ class NUTSSettings(NamedTuple):
         )
 
 
-def _nuts_settings(nuts) -> NUTSSettings:
-    """``nuts`` (None for the defaults) checked, or a ``ValueError`` naming it."""
+def checked_nuts_settings(nuts: NUTSSettings | None) -> NUTSSettings:
+    """``nuts`` (None for the defaults) checked, or a ``ValueError`` naming it.
+
+    >>> checked_nuts_settings(None).num_chains
+    4
+    >>> checked_nuts_settings({"num_chains": 4})
+    Traceback (most recent call last):
+    ...
+    ValueError: nuts is dict; expected a validation.reference.NUTSSettings
+    """
     if nuts is None:
         return NUTSSettings()
     if not isinstance(nuts, NUTSSettings):
@@ -396,7 +406,7 @@ def run_nuts(
     if not callable(model):
         raise TypeError(f"model is {model!r}; expected a NumPyro model (a callable)")
     _reject_settings_as_model_kwargs(model_kwargs)
-    nuts = _nuts_settings(nuts)
+    nuts = checked_nuts_settings(nuts)
     settings = _sampler_settings(nuts, seed)
     kernel = NUTS(
         model,
@@ -495,9 +505,10 @@ def build_reference(
     Reference
         Also when the gates fail (``accepted`` is then false and
         :meth:`Reference.require_accepted` raises). ``record`` holds ``schema_version,
-        model_name, model_function, data_hash, data_summary, seed, sampler, var_names,
-        versions, diagnostics`` (:meth:`GateReport.to_dict`), ``accepted`` and ``created``
-        (UTC, ISO 8601).
+        model_name, model_function, data_hash, data_summary, sampler, var_names``, the
+        provenance of :func:`ppl_bandits.results.provenance` (``command, seed, wall_seconds``
+        of the NUTS run, ``versions``), ``diagnostics`` (:meth:`GateReport.to_dict`),
+        ``accepted`` and ``created`` (UTC, ISO 8601).
 
     Examples
     --------
@@ -597,7 +608,7 @@ def save_reference(
         "draws_sha256": _file_sha256(draws_path),
         "record": RECORD_FILE,
     }
-    write_json(record_path, record)
+    write_json(record_path, record, sort_keys=True)
     return directory
 
 
