@@ -10,6 +10,7 @@ import pytest
 
 from conftest import CALIBRATION_RECORD_KEYS
 from models.mixed_effect import fig2_prior, sample_mixed_effect_parameters
+from ppl_bandits import cli
 from ppl_bandits.cli import main
 from ppl_bandits.core.runner import draw_problems, simulate
 from ppl_bandits.mixed_effect.catalog import make_agent
@@ -165,8 +166,14 @@ def _strict(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-def test_unwritable_out_fails_before_any_work(tmp_path, capsys):
-    """``--out`` under a regular file cannot be created: one line naming --out, exit 2."""
+def test_unwritable_out_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    """``--out`` under a regular file cannot be created: one line naming --out, exit 2, and
+    the experiment is never started."""
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the experiment ran although --out cannot be written")
+
+    monkeypatch.setattr(cli, "run_experiment", must_not_run)
     blocker = tmp_path / "file"
     blocker.write_text("")
     t0 = time.perf_counter()
